@@ -1,0 +1,224 @@
+"""Bytes in, verdicts out: the whole detector, independent of any server.
+
+``DetectionPipeline.score_batch`` takes the bodies of several requests at once (a TorchServe batch, a
+benchmark, a test) and returns one outcome per body, in order: a result dict, or the InputError that
+request earned. Decoding is per request, so one bad body never affects the others. Face detection is
+batched across every frame of every request, and every crop of every request (image faces and video
+frames alike) is classified in chunks of at most ``max_crops_per_forward``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import PipelineSettings
+from .errors import InputError
+from .faces import Face, FaceDetector
+from .media import DecodedMedia, decode_media
+from .network import DeepfakeDetector, load_weights
+from .transforms import Region, center_region, crop_and_resize, face_region, normalize
+
+STAGES = ("decode", "detect", "crop", "forward")
+
+
+@dataclass
+class _Crop:
+    """Where a crop came from: request, frame, and the face (None for the centre-crop fallback)."""
+
+    request: int
+    frame: int
+    face: Face | None
+    region: Region
+
+
+@dataclass
+class BatchReport:
+    """The outcome for each body plus what the batch cost, stage by stage (for metrics and benchmarks)."""
+
+    outcomes: list[dict[str, Any] | InputError]
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    crops: int = 0
+
+
+class DetectionPipeline:
+    """Decode -> find faces -> crop and normalise -> classify -> aggregate, for a batch of request bodies."""
+
+    def __init__(
+        self,
+        model: DeepfakeDetector,
+        settings: PipelineSettings | None = None,
+        device: str | torch.device = "cpu",
+        version: str = "unversioned",
+    ) -> None:
+        self.settings = settings or PipelineSettings()
+        self.device = torch.device(device)
+        self.version = version
+        self.config = model.config
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.face_detector = FaceDetector(self.settings, self.device)
+        self._autocast = self.device.type == "cuda"
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: str | Path,
+        settings: PipelineSettings | None = None,
+        device: str | torch.device = "cpu",
+        version: str = "unversioned",
+    ) -> DetectionPipeline:
+        return cls(load_weights(weights), settings, device, version)
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return {
+            "name": self.config.name,
+            "version": self.version,
+            "backbone": self.config.backbone,
+            "trained": self.config.trained,
+        }
+
+    def score(self, body: bytes) -> dict[str, Any]:
+        """One body's result; raises its InputError."""
+        outcome = self.score_batch([body]).outcomes[0]
+        if isinstance(outcome, InputError):
+            raise outcome
+        return outcome
+
+    def score_batch(self, bodies: Sequence[bytes]) -> BatchReport:
+        report = BatchReport(outcomes=[])
+        with _timed(report, "decode"):
+            decoded: list[DecodedMedia | InputError] = [self._decode(body) for body in bodies]
+        media = [(i, m) for i, m in enumerate(decoded) if isinstance(m, DecodedMedia)]
+
+        with _timed(report, "detect"):
+            frames = [frame for _, m in media for frame in m.frames]
+            faces_per_frame = iter(self.face_detector.detect(frames) if frames else [])
+
+        with _timed(report, "crop"):
+            crops: list[_Crop] = []
+            pixels: list[np.ndarray] = []
+            frame_faces: dict[tuple[int, int], list[Face]] = {}
+            for request, m in media:
+                for frame_position, frame in enumerate(m.frames):
+                    faces = next(faces_per_frame)
+                    frame_faces[(request, frame_position)] = faces
+                    for crop in self._plan_crops(request, frame_position, frame, faces):
+                        crops.append(crop)
+                        pixels.append(crop_and_resize(frame, crop.region, self.config.input_size))
+        report.crops = len(crops)
+
+        with _timed(report, "forward"):
+            probabilities = self.classify(np.stack(pixels)) if pixels else np.zeros(0, dtype=np.float32)
+
+        scores: dict[tuple[int, int], list[tuple[_Crop, float]]] = {}
+        for crop, probability in zip(crops, probabilities.tolist()):
+            scores.setdefault((crop.request, crop.frame), []).append((crop, probability))
+        report.outcomes = [
+            outcome if isinstance(outcome, InputError) else self._result(i, outcome, scores)
+            for i, outcome in enumerate(decoded)
+        ]
+        return report
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        """Fake probability of each uint8 crop (N, S, S, 3), in forward passes of bounded size."""
+        chunk = self.settings.max_crops_per_forward
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(crops), chunk):
+                batch = torch.from_numpy(np.ascontiguousarray(crops[start : start + chunk]))
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory().to(self.device, non_blocking=True)
+                images = normalize(batch, self.config.mean, self.config.std)
+                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self._autocast):
+                    logits = self.model(images)
+                outputs.append(self.model.fake_probability(logits).float().cpu())
+        return torch.cat(outputs).numpy()
+
+    def _decode(self, body: bytes) -> DecodedMedia | InputError:
+        try:
+            return decode_media(body, self.settings)
+        except InputError as error:
+            return error
+
+    def _plan_crops(self, request: int, frame: int, image: np.ndarray, faces: list[Face]) -> Iterator[_Crop]:
+        height, width = image.shape[:2]
+        if not faces:
+            yield _Crop(request, frame, None, center_region(width, height))
+            return
+        for face in faces:
+            yield _Crop(request, frame, face, face_region(face.box, width, height, self.settings.face_margin))
+
+    def _result(
+        self, request: int, m: DecodedMedia, scores: dict[tuple[int, int], list[tuple[_Crop, float]]]
+    ) -> dict[str, Any]:
+        frames = []
+        for position, index in enumerate(m.frame_indices):
+            scored = scores[(request, position)]
+            faces = [_face_json(crop, p) for crop, p in scored if crop.face is not None]
+            frames.append({
+                "index": index,
+                "fake_probability": max(p for _, p in scored),
+                "face_detected": bool(faces),
+                "faces": faces,
+            })
+        if m.kind == "image":
+            fake_probability = frames[0]["fake_probability"]
+        else:
+            fake_probability = aggregate([f["fake_probability"] for f in frames], self.settings.aggregation)
+        is_fake = fake_probability >= self.settings.threshold
+        result: dict[str, Any] = {
+            "label": "FAKE" if is_fake else "REAL",
+            "confidence": fake_probability if is_fake else 1.0 - fake_probability,
+            "fake_probability": fake_probability,
+            "threshold": self.settings.threshold,
+            "face_detected": any(f["face_detected"] for f in frames),
+            "media": {"type": m.kind, "format": m.format, "width": m.width, "height": m.height},
+            "model": self.model_info,
+        }
+        if m.kind == "image":
+            result["faces"] = frames[0]["faces"]
+        else:
+            result["media"].update({"total_frames": m.total_frames, "fps": m.fps})
+            result["frame_stride"] = self.settings.frame_stride
+            result["aggregation"] = self.settings.aggregation
+            result["sampled_frame_indices"] = list(m.frame_indices)
+            result["frames"] = frames
+        return result
+
+
+def aggregate(values: Sequence[float], method: str) -> float:
+    """Combine per-frame fake probabilities into one score for the video."""
+    if method == "mean":
+        return float(statistics.fmean(values))
+    if method == "max":
+        return float(max(values))
+    if method == "median":
+        return float(statistics.median(values))
+    raise ValueError(f"unknown aggregation {method!r}; use mean, max or median")
+
+
+def _face_json(crop: _Crop, probability: float) -> dict[str, Any]:
+    assert crop.face is not None
+    return {
+        "box": [round(v, 1) for v in crop.face.box],
+        "detection_probability": round(crop.face.probability, 4),
+        "fake_probability": probability,
+    }
+
+
+@contextlib.contextmanager
+def _timed(report: BatchReport, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.stage_seconds[stage] += time.perf_counter() - start
