@@ -98,13 +98,10 @@ def _synthetic_images(count: int, config: ModelConfig, generator: torch.Generato
 def _spread_untrained_outputs(model: DeepfakeDetector, generator: torch.Generator, count: int = 32) -> None:
     model.eval()
     features = model.forward_features(_synthetic_images(count, model.config, generator))
-    norm = model.head[3]
-    norm.reset_running_stats()
-    momentum, norm.momentum = norm.momentum, None
-    model.head.train()
-    model.head(features)
-    model.head.eval()
-    norm.momentum = momentum
+    dropout, linear, relu, norm = model.head[:4]
+    hidden = relu(linear(dropout(features)))
+    norm.running_mean.copy_(hidden.mean(dim=0))
+    norm.running_var.copy_(hidden.var(dim=0))
     logits = model.head(features)
     fake, real = model.config.fake_index, 1 - model.config.fake_index
     margin = logits[:, fake] - logits[:, real]

@@ -1,0 +1,95 @@
+"""Faces: boxes that lie on the real faces, at any resolution, and the documented fallback."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from media_encodings import load_rgb
+
+from deepfake_detector import PipelineSettings
+from deepfake_detector.faces import FaceDetector
+from deepfake_detector.transforms import center_region, face_region
+
+# Hand-labelled on the images themselves: the two eyes' centres and the mouth's centre, and a face box.
+LANDMARKS = {
+    "astronaut": ([(205, 105), (245, 105), (225, 147)], (185, 70, 265, 175)),
+    "grace_hopper": ([(225, 195), (310, 195), (265, 280)], (175, 140, 355, 320)),
+}
+
+
+def iou(a, b) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def assert_on_face(box, name: str) -> None:
+    points, labelled = LANDMARKS[name]
+    for x, y in points:
+        assert box[0] <= x <= box[2] and box[1] <= y <= box[3], (name, box, (x, y))
+    assert iou(box, labelled) > 0.5, (name, box)
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector(PipelineSettings())
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_the_box_lies_on_the_real_face(detector, media, name):
+    faces = detector.detect([load_rgb(getattr(media, name))])[0]
+    assert len(faces) == 1
+    assert faces[0].probability > 0.95
+    assert_on_face(faces[0].box, name)
+
+
+def test_a_photo_without_a_face_finds_none(detector, media):
+    assert detector.detect([load_rgb(media.cat)]) == [[]]
+
+
+def test_boxes_map_back_to_full_resolution(detector, media):
+    """Detection runs on a copy of at most 640 px; a 4x larger photo must give the same box, scaled."""
+    small = load_rgb(media.astronaut)
+    large = cv2.resize(small, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    assert detector.detection_size(2048, 2048) == (640, 640)
+    small_box = np.array(detector.detect([small])[0][0].box)
+    large_box = np.array(detector.detect([large])[0][0].box) / 4
+    assert np.abs(small_box - large_box).max() < 6
+
+
+def test_frames_of_different_sizes_in_one_call(detector, media):
+    photos = [load_rgb(media.astronaut), load_rgb(media.cat), load_rgb(media.grace_hopper)]
+    faces = detector.detect(photos)
+    assert [len(f) for f in faces] == [1, 0, 1]
+    assert_on_face(faces[0][0].box, "astronaut")
+    assert_on_face(faces[2][0].box, "grace_hopper")
+
+
+def test_several_faces_are_kept_most_confident_first(detector, media):
+    left = load_rgb(media.astronaut)
+    right = cv2.resize(load_rgb(media.grace_hopper), (437, 512))
+    both = np.concatenate([left, right], axis=1)
+    faces = detector.detect([both])[0]
+    assert len(faces) == 2
+    assert faces[0].probability >= faces[1].probability
+    centres = sorted((f.box[0] + f.box[2]) / 2 for f in faces)
+    assert centres[0] < 512 < centres[1]
+    limited = FaceDetector(PipelineSettings(max_faces_per_frame=1)).detect([both])[0]
+    assert len(limited) == 1
+
+
+def test_face_region_is_a_square_inside_the_image():
+    region = face_region((10.0, 20.0, 110.0, 160.0), width=400, height=300, margin=0.3)
+    x1, y1, x2, y2 = region
+    assert x2 - x1 == y2 - y1 == 182
+    assert x1 >= 0 and y1 >= 0 and x2 <= 400 and y2 <= 300
+    assert x1 <= 10 and y1 <= 20 and x2 >= 110 and y2 >= 160
+    huge = face_region((0.0, 0.0, 390.0, 290.0), width=400, height=300, margin=0.3)
+    assert huge[3] - huge[1] == 300 and huge[2] - huge[0] == 300
+
+
+def test_center_region_is_the_largest_centred_square():
+    assert center_region(451, 300) == (75, 0, 375, 300)
+    assert center_region(300, 500) == (0, 100, 300, 400)

@@ -1,0 +1,147 @@
+"""The pipeline in-process: batches of mixed requests, isolation of errors, aggregation and thresholds."""
+
+from __future__ import annotations
+
+import statistics
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from media_encodings import image_bytes, load_rgb
+
+from deepfake_detector import DetectionPipeline, InputError, PipelineSettings
+from deepfake_detector.pipeline import aggregate
+from deepfake_detector.transforms import crop_and_resize, crops_to_tensor, face_region
+
+
+@pytest.fixture(scope="module")
+def pipeline(weights_file) -> DetectionPipeline:
+    return DetectionPipeline.from_weights(weights_file, PipelineSettings(), version="test")
+
+
+@pytest.fixture(scope="module")
+def bodies(media) -> dict[str, bytes]:
+    return {
+        "astronaut": media.astronaut.read_bytes(),
+        "grace_hopper": media.grace_hopper.read_bytes(),
+        "cat": media.cat.read_bytes(),
+        "video": media.face_video.read_bytes(),
+    }
+
+
+def test_mixed_batch_gives_one_outcome_per_request_in_order(pipeline, bodies):
+    batch = [bodies["astronaut"], b"not an image", bodies["video"], b"", bodies["cat"],
+             image_bytes(load_rgb_from(bodies["grace_hopper"]), "JPEG")[:2000]]
+    report = pipeline.score_batch(batch)
+    kinds = [o.status if isinstance(o, InputError) else o["media"]["type"] for o in report.outcomes]
+    assert kinds == ["image", 415, "video", 400, "image", 422]
+    assert report.crops == 1 + 12 + 1
+    assert set(report.stage_seconds) == {"decode", "detect", "crop", "forward"}
+
+
+def load_rgb_from(body: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def test_a_request_scores_the_same_alone_or_in_a_batch(pipeline, bodies):
+    together = pipeline.score_batch([bodies["astronaut"], b"junk", bodies["video"], bodies["grace_hopper"]])
+    alone = [pipeline.score(bodies[name]) for name in ("astronaut", "video", "grace_hopper")]
+    scored = [o for o in together.outcomes if not isinstance(o, InputError)]
+    for joint, single in zip(scored, alone):
+        assert joint["fake_probability"] == pytest.approx(single["fake_probability"], abs=1e-4)
+        assert joint["label"] == single["label"]
+
+
+def test_chunking_crops_does_not_change_scores(weights_file, bodies):
+    small_chunks = DetectionPipeline.from_weights(weights_file, PipelineSettings(max_crops_per_forward=3))
+    one_chunk = DetectionPipeline.from_weights(weights_file, PipelineSettings(max_crops_per_forward=64))
+    a = small_chunks.score(bodies["video"])
+    b = one_chunk.score(bodies["video"])
+    for frame_a, frame_b in zip(a["frames"], b["frames"]):
+        assert frame_a["fake_probability"] == pytest.approx(frame_b["fake_probability"], abs=1e-4)
+
+
+def test_score_is_the_network_on_the_documented_crop(pipeline, media):
+    """No skew: the pipeline's probability equals the network applied to transforms' crop of the face."""
+    result = pipeline.score(media.astronaut.read_bytes())
+    rgb = load_rgb(media.astronaut)
+    face = pipeline.face_detector.detect([rgb])[0][0]
+    assert result["faces"][0]["box"] == [round(v, 1) for v in face.box]
+    region = face_region(face.box, rgb.shape[1], rgb.shape[0], pipeline.settings.face_margin)
+    crop = crop_and_resize(rgb, region, pipeline.config.input_size)
+    with torch.inference_mode():
+        logits = pipeline.model(crops_to_tensor([crop], pipeline.config.mean, pipeline.config.std))
+        expected = pipeline.model.fake_probability(logits).item()
+    assert result["fake_probability"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_image_result_schema(pipeline, bodies):
+    result = pipeline.score(bodies["grace_hopper"])
+    assert result["label"] in ("REAL", "FAKE")
+    assert result["media"] == {"type": "image", "format": "jpeg", "width": 512, "height": 600}
+    assert result["model"] == {"name": "deepfake_detector", "version": "test", "backbone": "efficientnet_b4",
+                               "trained": False}
+    assert result["face_detected"] is True
+    face = result["faces"][0]
+    assert set(face) == {"box", "detection_probability", "fake_probability"}
+    assert result["fake_probability"] == face["fake_probability"]
+    expected_confidence = max(result["fake_probability"], 1 - result["fake_probability"])
+    assert result["confidence"] == pytest.approx(expected_confidence)
+    assert "frames" not in result
+
+
+def test_no_face_falls_back_to_the_centre_crop(pipeline, bodies):
+    result = pipeline.score(bodies["cat"])
+    assert result["face_detected"] is False
+    assert result["faces"] == []
+    assert 0.0 < result["fake_probability"] < 1.0
+
+
+def test_video_reports_exactly_the_sampled_frames(pipeline, bodies):
+    result = pipeline.score(bodies["video"])
+    expected = list(range(0, 120, 10))
+    assert result["sampled_frame_indices"] == expected
+    assert [f["index"] for f in result["frames"]] == expected
+    assert all(f["face_detected"] for f in result["frames"])
+    frame_scores = [f["fake_probability"] for f in result["frames"]]
+    assert result["fake_probability"] == pytest.approx(statistics.fmean(frame_scores))
+    assert result["media"]["total_frames"] == 120 and result["aggregation"] == "mean"
+
+
+@pytest.mark.parametrize("method", ["max", "median"])
+def test_video_aggregation_is_configurable(weights_file, bodies, method):
+    result = DetectionPipeline.from_weights(weights_file, PipelineSettings(aggregation=method)).score(bodies["video"])
+    frame_scores = [f["fake_probability"] for f in result["frames"]]
+    assert result["fake_probability"] == pytest.approx(aggregate(frame_scores, method))
+    assert result["aggregation"] == method
+
+
+def test_several_faces_score_as_the_most_fake(pipeline, media):
+    both = np.concatenate([load_rgb(media.astronaut), cv2.resize(load_rgb(media.grace_hopper), (437, 512))], axis=1)
+    result = pipeline.score(image_bytes(both, "PNG"))
+    assert len(result["faces"]) == 2
+    assert result["fake_probability"] == max(f["fake_probability"] for f in result["faces"])
+
+
+def test_threshold_decides_the_label(weights_file, bodies):
+    probability = DetectionPipeline.from_weights(weights_file).score(bodies["astronaut"])["fake_probability"]
+    above = DetectionPipeline.from_weights(weights_file, PipelineSettings(threshold=min(0.99, probability + 0.01)))
+    below = DetectionPipeline.from_weights(weights_file, PipelineSettings(threshold=max(0.01, probability - 0.01)))
+    assert above.score(bodies["astronaut"])["label"] == "REAL"
+    assert below.score(bodies["astronaut"])["label"] == "FAKE"
+
+
+def test_score_raises_the_input_error(pipeline):
+    with pytest.raises(InputError) as raised:
+        pipeline.score(b"")
+    assert raised.value.status == 400
+
+
+def test_settings_refuse_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match="unknown key"):
+        PipelineSettings.from_mapping({"frame_strid": 5})
+    with pytest.raises(ValueError, match="threshold"):
+        PipelineSettings(threshold=1.5)
+    with pytest.raises(ValueError, match="aggregation"):
+        PipelineSettings(aggregation="mode")
