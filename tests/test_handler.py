@@ -1,0 +1,118 @@
+"""The TorchServe handler without the Java frontend, against a real archive unpacked from disk.
+
+A small stand-in for TorchServe's context (as TorchServe's own handler unit tests use) records the
+per-request statuses the handler sets; everything else (archive, weights, pipeline) is real.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from build_mar import archive_path
+from conftest import MODEL_NAME
+
+
+class RecordingContext:
+    """The parts of ts.context.Context that a handler uses, recording what it sets per request."""
+
+    def __init__(self, model_dir: Path, batch_size: int) -> None:
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": batch_size}
+        self.manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+        self.model_yaml_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+        self.statuses: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
+        self.metrics = None
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+    def get_request_id(self, idx: int = 0) -> str:
+        return f"request-{idx}"
+
+    def get_request_header(self, idx: int, key: str) -> str | None:
+        return None
+
+
+def unpack(model_store: Path, version: str, target: Path) -> Path:
+    with zipfile.ZipFile(archive_path(model_store, MODEL_NAME, version)) as archive:
+        archive.extractall(target)
+    return target
+
+
+def load_handler_class(model_dir: Path) -> type:
+    spec = importlib.util.spec_from_file_location("torchserve_handler_under_test", model_dir / "torchserve_handler.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    classes = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__]
+    assert len(classes) == 1, "TorchServe requires exactly one class in the handler module"
+    return classes[0]
+
+
+@pytest.fixture(scope="module")
+def handler_and_context(model_store, tmp_path_factory) -> tuple[Any, RecordingContext]:
+    model_dir = unpack(model_store, "1.0", tmp_path_factory.mktemp("v1"))
+    context = RecordingContext(model_dir, batch_size=8)
+    handler = load_handler_class(model_dir)()
+    handler.initialize(context)
+    return handler, context
+
+
+def test_a_batch_gets_one_response_and_status_per_request(handler_and_context, media):
+    handler, context = handler_and_context
+    context.statuses.clear()
+    batch = [
+        {"body": media.astronaut.read_bytes()},
+        {"body": b"\x00\x01 definitely not media"},
+        {"data": bytearray(media.face_video.read_bytes())},
+        {"body": {"image": "face.jpg"}},  # what TorchServe hands over for a JSON body
+        {"file": media.cat.read_bytes()},  # a multipart form field
+        {"body": b""},
+    ]
+    responses = handler.handle(batch, context)
+    assert len(responses) == len(batch)
+    assert {i: code for i, (code, _) in context.statuses.items()} == {1: 415, 3: 415, 5: 400}
+    assert responses[0]["face_detected"] is True and responses[0]["model"]["version"] == "1.0"
+    assert responses[2]["media"]["type"] == "video"
+    assert responses[4]["face_detected"] is False
+    assert responses[1]["error"] == "unsupported_media" and "octet-stream" in responses[3]["detail"]
+    assert responses[5] == {"error": "empty_body", "detail": responses[5]["detail"]}
+    assert all(context.content_types[i] == "application/json" for i in range(len(batch)))
+    json.dumps(responses)  # every response is JSON-serialisable
+
+
+def test_untrained_weights_are_announced(handler_and_context, media):
+    handler, context = handler_and_context
+    response = handler.handle([{"body": media.grace_hopper.read_bytes()}], context)[0]
+    assert response["model"]["trained"] is False
+
+
+def test_handler_settings_come_from_the_archive(model_store, tmp_path, media):
+    model_dir = unpack(model_store, "2.0", tmp_path)
+    context = RecordingContext(model_dir, batch_size=8)
+    handler = load_handler_class(model_dir)()
+    handler.initialize(context)
+    response = handler.handle([{"body": media.face_video.read_bytes()}], context)[0]
+    assert response["sampled_frame_indices"] == [0, 20, 40, 60]
+    assert response["threshold"] == 0.6 and response["model"]["version"] == "2.0"
+
+
+def test_tampered_weights_are_refused_at_load(model_store, tmp_path):
+    model_dir = unpack(model_store, "1.0", tmp_path)
+    weights = model_dir / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    handler = load_handler_class(model_dir)()
+    with pytest.raises(RuntimeError, match="sha256"):
+        handler.initialize(RecordingContext(model_dir, batch_size=8))
