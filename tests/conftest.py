@@ -15,10 +15,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from build_mar import archive_path, build_archive  # noqa: E402
-from server import TorchServeInstance, free_port  # noqa: E402
-
-from deepfake_detector import PipelineSettings, build_detector, save_weights  # noqa: E402
+from build_mar import archive_path, build_archive
+from deepfake_detector import PipelineSettings, build_detector, save_weights
+from server import TorchServeInstance, free_port
 
 MODEL_NAME = "deepfake_detector"
 

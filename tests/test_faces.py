@@ -5,11 +5,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from media_encodings import load_rgb
-
 from deepfake_detector import PipelineSettings
 from deepfake_detector.faces import FaceDetector
 from deepfake_detector.transforms import center_region, face_region
+from media_encodings import load_rgb
 
 # Hand-labelled on the images themselves: the two eyes' centres and the mouth's centre, and a face box.
 LANDMARKS = {

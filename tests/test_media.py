@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from media_encodings import image_bytes, load_rgb, png_header_only, read_video_frames, video_bytes
-from PIL import Image
-
 from deepfake_detector import InputError, PipelineSettings
 from deepfake_detector import media as media_module
 from deepfake_detector.media import decode_media, sniff_format
+from media_encodings import image_bytes, load_rgb, png_header_only, read_video_frames, video_bytes
+from PIL import Image
 
 SETTINGS = PipelineSettings()
 

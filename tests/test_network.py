@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from media_encodings import load_rgb
-from safetensors.torch import save_file
-from torch import nn
-
 from deepfake_detector import ModelConfig, WeightsMismatchError, build_detector, load_weights, save_weights
 from deepfake_detector.network import CONFIG_METADATA_KEY, DeepfakeDetector
 from deepfake_detector.transforms import center_region, crop_and_resize, crops_to_tensor
+from media_encodings import load_rgb
+from safetensors.torch import save_file
+from torch import nn
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from media_encodings import image_bytes, load_rgb
-
 from deepfake_detector import DetectionPipeline, InputError, PipelineSettings
 from deepfake_detector.pipeline import aggregate
 from deepfake_detector.transforms import crop_and_resize, crops_to_tensor, face_region
+from media_encodings import image_bytes, load_rgb
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 from conftest import MODEL_NAME
+from deepfake_detector import DetectionPipeline, PipelineSettings
 from media_encodings import image_bytes, load_rgb
 from test_faces import assert_on_face
-
-from deepfake_detector import DetectionPipeline, PipelineSettings
 
 pytestmark = pytest.mark.server
 OCTET = {"Content-Type": "application/octet-stream"}

@@ -82,7 +82,8 @@ def _synthetic_images(count: int, config: ModelConfig, generator: torch.Generato
     scale = 4
     while scale <= size:
         octave = torch.randn(count, 3, scale, scale, generator=generator)
-        images += nn.functional.interpolate(octave, size=(size, size), mode="bilinear", align_corners=False) / scale**0.5
+        upsampled = nn.functional.interpolate(octave, size=(size, size), mode="bilinear", align_corners=False)
+        images += upsampled / scale**0.5
         scale *= 2
     images = (images - images.mean(dim=(1, 2, 3), keepdim=True)) / images.std(dim=(1, 2, 3), keepdim=True)
     contrast = torch.rand(count, 1, 1, 1, generator=generator) * 0.3 + 0.05
@@ -137,7 +138,7 @@ def load_weights(path: str | Path, map_location: str | torch.device = "cpu") -> 
     model = DeepfakeDetector(config)
     tensors: dict[str, torch.Tensor] = {}
     with safe_open(str(path), framework="pt", device=str(map_location)) as handle:
-        for name in handle.keys():
+        for name in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
             tensors[name] = handle.get_tensor(name)
     check_state_dict(model, tensors)
     model.load_state_dict(tensors, strict=True)

@@ -24,10 +24,10 @@ def face_region(box: Box, width: int, height: int, margin: float) -> Region:
     """
     x1, y1, x2, y2 = box
     side = max(x2 - x1, y2 - y1) * (1.0 + margin)
-    side = int(round(min(max(side, 1.0), width, height)))
+    side = round(min(max(side, 1.0), width, height))
     center_x, center_y = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-    left = int(round(min(max(center_x - side / 2.0, 0), width - side)))
-    top = int(round(min(max(center_y - side / 2.0, 0), height - side)))
+    left = round(min(max(center_x - side / 2.0, 0), width - side))
+    top = round(min(max(center_y - side / 2.0, 0), height - side))
     return left, top, left + side, top + side
 
 
