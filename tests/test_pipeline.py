@@ -144,3 +144,16 @@ def test_settings_refuse_unknown_keys_and_bad_values():
         PipelineSettings(threshold=1.5)
     with pytest.raises(ValueError, match="aggregation"):
         PipelineSettings(aggregation="mode")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU path: fp16 autocast, pinned copies)")
+def test_gpu_pipeline_matches_the_cpu_pipeline(weights_file, bodies):
+    cpu = DetectionPipeline.from_weights(weights_file, device="cpu")
+    gpu = DetectionPipeline.from_weights(weights_file, device="cuda:0")
+    assert next(gpu.model.parameters()).is_cuda
+    for name in ("astronaut", "grace_hopper", "video"):
+        on_cpu, on_gpu = cpu.score(bodies[name]), gpu.score(bodies[name])
+        # fp16 autocast on the GPU: close to, not equal to, the fp32 CPU result.
+        assert on_gpu["fake_probability"] == pytest.approx(on_cpu["fake_probability"], abs=2e-2)
+        assert on_gpu["face_detected"] == on_cpu["face_detected"]
