@@ -147,7 +147,7 @@ def test_settings_refuse_unknown_keys_and_bad_values():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the GPU path: fp16 autocast, pinned copies)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (fp16 autocast, pinned copies)")
 def test_gpu_pipeline_matches_the_cpu_pipeline(weights_file, bodies):
     cpu = DetectionPipeline.from_weights(weights_file, device="cpu")
     gpu = DetectionPipeline.from_weights(weights_file, device="cuda:0")
