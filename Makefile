@@ -54,3 +54,57 @@ lint: install  ## ruff
 
 clean:  ## Remove built archives, run folders and caches (keeps .venv)
 	rm -rf model_store/*.mar .run reports .pytest_cache
+
+.PHONY: loadtest benchmark load-media
+LOADTEST_USERS ?= 4
+LOADTEST_TIME ?= 60s
+LOADTEST_CLASS ?= MixedUser
+
+load-media: install  ## Make the load-test media (480p/1080p/4K photos, 720p clip) from real media into reports/media
+	$(PY) scripts/make_load_media.py
+
+loadtest: install $(MAR)  ## Headless Locust run (LOADTEST_CLASS/USERS/TIME): CSV, HTML and PNG under reports/loadtest, one summary line
+	$(PY) loadtests/run_loadtest.py --user-class $(LOADTEST_CLASS) --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
+		--model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
+
+benchmark: install  ## In-process vs served throughput, stage by stage; table and JSON under reports/ (BENCH_ARGS=--quick)
+	$(PY) scripts/benchmark.py $(BENCH_ARGS)
+
+.PHONY: docker lint-deploy
+VARIANT ?= cpu
+IMAGE ?= deepfake-detector:$(VARIANT)
+
+docker: $(MAR)  ## Build the image on pytorch/torchserve:0.12.0-$(VARIANT) (VARIANT=cpu|gpu, IMAGE=name:tag); needs Docker
+	@command -v docker >/dev/null || { echo "docker is not installed here; the Dockerfile is checked by make lint-deploy"; exit 1; }
+	docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE) .
+
+lint-deploy: install  ## Lint the Dockerfile (hadolint) and validate deploy/*.yaml against Kubernetes schemas, offline
+	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/kubernetes-validate --strict --quiet deploy/*.yaml
+
+.PHONY: rollout-status deploy verify promote rollback retire compare
+WORKERS ?= 1
+A ?= 1.0
+B ?= 2.0
+ROLLOUT := $(PY) scripts/rollout.py --name $(NAME)
+
+rollout-status: install  ## Versions in model_store/ (sha256, created, trained) beside the server's, workers, default
+	$(ROLLOUT) status
+
+deploy: install  ## Check VERSION's archive (weights sha256), register it beside the others with WORKERS workers
+	$(ROLLOUT) deploy $(VERSION) --workers $(WORKERS)
+
+verify: install  ## Replay VERSION's golden requests on /predictions/NAME/VERSION; fails on any mismatch
+	$(ROLLOUT) verify $(VERSION)
+
+promote: install  ## Verify VERSION, then make it the default
+	$(ROLLOUT) promote $(VERSION)
+
+rollback: install  ## Make the previous default the default again (history in .run/rollout_history.json)
+	$(ROLLOUT) rollback
+
+retire: install  ## Unregister VERSION (refused for the default)
+	$(ROLLOUT) retire $(VERSION)
+
+compare: install  ## A/B on the live server: DATA (folder with real/ and fake/, or path,label CSV), versions A and B
+	$(PY) scripts/compare_versions.py $(DATA) --a $(A) --b $(B) --name $(NAME)

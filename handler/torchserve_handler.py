@@ -3,6 +3,8 @@
 It reads the archive (weights, ``model-config.yaml``'s ``handler:`` section, the archive manifest),
 pulls each request's raw bytes out of TorchServe's request dicts, runs the pipeline on the whole batch
 and gives every request its own status: 200 with a verdict, or a 4xx with ``{"error", "detail"}``.
+Each batch also feeds the Prometheus metrics declared in ``config/metrics.yaml`` and appends one line
+per request to the audit log (``deepfake_detector.audit``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 _ARCHIVE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -21,10 +24,15 @@ if sys.path[:1] != [_ARCHIVE_DIR]:
 
 import torch  # noqa: E402
 from deepfake_detector import DetectionPipeline, InputError, PipelineSettings, file_sha256  # noqa: E402
+from deepfake_detector.audit import AuditLog, AuditSettings, audit_record  # noqa: E402
+from deepfake_detector.drift import VerdictWindow, window_size  # noqa: E402
+from ts.metrics.metric_cache_errors import MetricsCacheKeyError  # noqa: E402
+from ts.metrics.metric_type_enum import MetricTypes  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 ARCHIVE_MANIFEST = "archive_manifest.json"
+_UNDECLARED: set[str] = set()
 _STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
                    422: "Unprocessable Entity"}
 
@@ -34,6 +42,10 @@ class DeepfakeDetectorHandler:
 
     def __init__(self) -> None:
         self.pipeline: DetectionPipeline | None = None
+        self.audit: AuditLog | None = None
+        self.verdicts = VerdictWindow()
+        self.model_name = "deepfake_detector"
+        self.version = "unversioned"
         self.initialized = False
 
     def initialize(self, context: Any) -> None:
@@ -41,6 +53,9 @@ class DeepfakeDetectorHandler:
         model_dir = properties.get("model_dir") or _ARCHIVE_DIR
         model_section = (context.manifest or {}).get("model", {})
         version = str(model_section.get("modelVersion", "unversioned"))
+        self.model_name = str(model_section.get("modelName") or properties.get("model_name")
+                              or self.model_name)
+        self.version = version
         serving_config = context.model_yaml_config or {}
         settings = PipelineSettings.from_mapping(serving_config.get("handler"))
 
@@ -49,8 +64,13 @@ class DeepfakeDetectorHandler:
 
         device = _select_device(properties.get("gpu_id"))
         if device.type == "cpu":
-            torch.set_num_threads(settings.cpu_threads or _threads_per_worker(serving_config.get("minWorkers", 1)))
+            workers = serving_config.get("minWorkers", 1)
+            torch.set_num_threads(settings.cpu_threads or _threads_per_worker(workers))
         self.pipeline = DetectionPipeline.from_weights(weights, settings, device, version)
+        self.verdicts = VerdictWindow(window_size())
+        self.audit = AuditLog(AuditSettings.from_environment())
+        if self.audit.enabled:
+            logger.info("audit log: %s", self.audit.settings.path)
         info = self.pipeline.model_info
         logger.info("deepfake detector %s version %s on %s (%d torch threads)",
                     info["name"], version, device, torch.get_num_threads())
@@ -72,19 +92,34 @@ class DeepfakeDetectorHandler:
         outcomes = [body if isinstance(body, InputError) else next(scored) for body in extracted]
 
         responses = []
+        statuses = []
         for index, outcome in enumerate(outcomes):
             context.set_response_content_type(index, "application/json")
             if isinstance(outcome, InputError):
                 context.set_response_status(outcome.status, _STATUS_PHRASES.get(outcome.status, ""), index)
                 responses.append(outcome.to_json())
+                statuses.append(outcome.status)
             else:
                 responses.append(outcome)
+                statuses.append(200)
+                self.verdicts.add(outcome["label"] == "FAKE")
+        elapsed_ms = 1000 * (time.perf_counter() - started)
         logger.info(
             "scored batch: requests=%d errors=%d crops=%d ms=%.1f stages_ms=%s",
-            len(data), sum(isinstance(o, InputError) for o in outcomes), report.crops,
-            1000 * (time.perf_counter() - started),
+            len(data), sum(isinstance(o, InputError) for o in outcomes), report.crops, elapsed_ms,
             json.dumps({k: round(1000 * v, 1) for k, v in report.stage_seconds.items()}),
         )
+        stage_ms = {stage: 1000 * seconds for stage, seconds in report.stage_seconds.items()}
+        stage_ms["handler"] = elapsed_ms
+        record_metrics(getattr(context, "metrics", None), (self.model_name, self.version), responses,
+                       stage_ms, self.verdicts)
+        if self.audit is not None and self.audit.enabled:
+            answered = zip(extracted, responses, statuses, strict=True)
+            for index, (body, response, status) in enumerate(answered):
+                self.audit.write(audit_record(
+                    _request_id(context, index), body if isinstance(body, bytes) else None, response, status,
+                    self.version, elapsed_ms,
+                ))
         return responses
 
 
@@ -101,13 +136,64 @@ def request_body(request: dict[str, Any]) -> bytes | InputError:
     if isinstance(value, bytes):
         return value
     if value is None:
-        return InputError("empty_body", "the request has no body; send the raw bytes of an image or a video", 400)
+        return InputError("empty_body", "the request has no body; send the raw bytes of an image or a video",
+                          400)
     return InputError(
         "unsupported_media",
         f"the body arrived as {type(value).__name__} (a JSON or text Content-Type); send the file's raw "
         "bytes with Content-Type: application/octet-stream, or as a multipart file field",
         415,
     )
+
+
+def record_metrics(
+    metrics: Any, model: tuple[str, str], responses: list[dict[str, Any]], stage_ms: dict[str, float],
+    verdicts: VerdictWindow,
+) -> None:
+    """Feed the batch into the metrics declared in config/metrics.yaml; a missing declaration is skipped."""
+    if metrics is None:
+        return
+    emit = _metric_emitter(metrics, list(model))
+    for response in responses:
+        emit("DeepfakeRequests", MetricTypes.COUNTER, 1, response.get("label") or "ERROR")
+        if "error" in response:
+            continue
+        emit("DeepfakeFacesPerRequest", MetricTypes.HISTOGRAM, _faces_scored(response))
+        if not response.get("face_detected"):
+            emit("DeepfakeNoFaceFallbacks", MetricTypes.COUNTER, 1)
+    for stage, milliseconds in stage_ms.items():
+        emit("DeepfakeStageTime", MetricTypes.HISTOGRAM, round(milliseconds, 3), stage)
+    if verdicts.count:
+        emit("DeepfakeFakeShare", MetricTypes.GAUGE, round(verdicts.fake_share, 6))
+        emit("DeepfakeFakeShareWindow", MetricTypes.GAUGE, verdicts.count)
+
+
+def _metric_emitter(metrics: Any, model_dimensions: list[str]) -> Callable[..., None]:
+    """emit(name, type, value, *extra_dimensions) for metrics that carry ModelName and ModelVersion first."""
+    def emit(name: str, metric_type: MetricTypes, value: float, *extra: str) -> None:
+        try:
+            metric = metrics.get_metric(name, metric_type)
+        except MetricsCacheKeyError:
+            if name not in _UNDECLARED:
+                _UNDECLARED.add(name)
+                logger.warning("metric %s is not declared in the metrics config: not exported", name)
+            return
+        metric.add_or_update(value, [*model_dimensions, *extra])
+
+    return emit
+
+
+def _faces_scored(response: dict[str, Any]) -> int:
+    if "frames" in response:
+        return sum(len(frame.get("faces", [])) for frame in response["frames"])
+    return len(response.get("faces", []))
+
+
+def _request_id(context: Any, index: int) -> str | None:
+    try:
+        return context.get_request_id(index)
+    except (AttributeError, KeyError, TypeError):
+        return None
 
 
 def _verify_weights(weights: str, manifest_path: str) -> None:

@@ -99,10 +99,12 @@ def decode_image(body: bytes, fmt: str, settings: PipelineSettings) -> DecodedMe
         with Image.open(io.BytesIO(body)) as image:
             width, height = image.size
             _check_pixels(width, height, settings.max_image_pixels, "image")
+            _check_searchable(width, height, settings, "image")
             image.seek(0)
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            rgb = to_rgb_array(upright)
+            # In place: a copy of a 4K frame costs as much as a tenth of its decoding.
+            ImageOps.exif_transpose(image, in_place=True)
+            rgb = to_rgb_array(image)
     except InputError:
         raise
     except Image.DecompressionBombError as error:
@@ -120,6 +122,8 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         scale = 255.0 / 65535.0 if image.mode != "F" and values.max(initial=0) > 255 else 1.0
         gray = np.clip(values * scale, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if image.mode == "RGB":
+        return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
@@ -181,8 +185,23 @@ def _check_pixels(width: int, height: int, limit: int, what: str) -> None:
         )
 
 
+def _check_searchable(width: int, height: int, settings: PipelineSettings, what: str) -> None:
+    """Refuse media whose detection copy is too small for MTCNN (it fails on them instead of finding none)."""
+    scale = min(1.0, settings.detect_max_side / max(width, height))
+    shorter = max(1, round(min(width, height) * scale))
+    if shorter < settings.min_face_size:
+        raise InputError(
+            "too_small",
+            f"the {what} is {width}x{height}: too small or too elongated to search for faces (faces are "
+            f"searched on a copy at most {settings.detect_max_side} px long whose shorter side must be at "
+            f"least {settings.min_face_size} px; this one would be {shorter} px)",
+            422,
+        )
+
+
 def _check_video_limits(width: int, height: int, frames: int, fps: float, settings: PipelineSettings) -> None:
     _check_pixels(width, height, settings.max_frame_pixels, "video frame")
+    _check_searchable(width, height, settings, "video frame")
     if frames > settings.max_video_frames:
         raise InputError(
             "too_many_frames",
