@@ -108,3 +108,23 @@ retire: install  ## Unregister VERSION (refused for the default)
 
 compare: install  ## A/B on the live server: DATA (folder with real/ and fake/, or path,label CSV), versions A and B
 	$(PY) scripts/compare_versions.py $(DATA) --a $(A) --b $(B) --name $(NAME)
+
+# Training (training/deepfake_training, scripts/prepare_faces.py, train.py, evaluate.py, train_demo.py).
+DATASET ?=
+FACES ?= data/faces
+RUN ?= runs/train
+BACKBONE ?= efficientnet_b4
+TRAIN_ARGS ?=
+DEMO_VERSION ?= 1.1
+.PHONY: train-demo train evaluate
+
+train-demo: install  ## End to end on CPU (~15 min): package faces -> crops -> self-blends -> lite0 -> eval -> archive DEMO_VERSION -> served
+	$(PY) scripts/train_demo.py --version $(DEMO_VERSION)
+
+train: install  ## Crop DATASET (FF++ or real/ + fake/) into FACES, train BACKBONE into RUN (TRAIN_ARGS=...)
+	@test -n "$(DATASET)" || { echo "usage: make train DATASET=path/to/videos [BACKBONE=...] [TRAIN_ARGS=...]"; exit 1; }
+	$(PY) scripts/prepare_faces.py $(DATASET) $(FACES)
+	$(PY) scripts/train.py $(FACES)/index.csv $(RUN) --backbone $(BACKBONE) $(TRAIN_ARGS)
+
+evaluate: install  ## Evaluate RUN/best.safetensors on the test split of FACES (metrics JSON, ROC and confusion PNGs)
+	$(PY) scripts/evaluate.py $(RUN)/best.safetensors $(FACES)/index.csv $(RUN)/evaluation

@@ -7,6 +7,9 @@
 The archive holds the handler, the ``deepfake_detector`` package it runs, the weights (safetensors, with
 their ModelConfig inside), ``model-config.yaml`` (TorchServe's batching settings and the handler's
 pipeline settings) and ``archive_manifest.json`` (version, creation time, weights sha256, trained or not).
+Then the archive's own handler runs in-process on a few real inputs and their answers are added as
+``golden.json`` (see ``golden.py``), which ``rollout.py verify`` replays against the live server;
+``--no-golden`` skips that step.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from deepfake_detector import (
     read_model_config,
     save_weights,
 )
+from golden import record_golden
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = REPO / "handler" / "deepfake_detector"
@@ -64,8 +68,13 @@ def build_archive(
     handler_overrides: dict[str, Any] | None = None,
     serving_overrides: dict[str, Any] | None = None,
     seed: int = DEFAULT_SEED,
+    golden_requests: bool = False,
 ) -> Path:
-    """Write ``<model_store>/<name>-<version>.mar`` and return its path."""
+    """Write ``<model_store>/<name>-<version>.mar`` and return its path.
+
+    ``golden_requests`` runs the built archive's handler on the golden inputs and stores the answers in it
+    (a few seconds per archive).
+    """
     model_store = Path(model_store)
     model_store.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mar-") as temp:
@@ -100,7 +109,8 @@ def build_archive(
         (stage / ARCHIVE_MANIFEST).write_text(json.dumps(manifest, indent=2))
 
         code = stage / "code"
-        shutil.copytree(PACKAGE_DIR, code / PACKAGE_DIR.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(PACKAGE_DIR, code / PACKAGE_DIR.name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         export = stage / "export"
         export.mkdir()
         command = [
@@ -116,14 +126,19 @@ def build_archive(
         ]
         subprocess.run(command, check=True, capture_output=True, text=True)
         target = archive_path(model_store, name, version)
-        shutil.move(str(export / f"{name}.mar"), target)
+        built = export / f"{name}.mar"
+        if golden_requests:
+            record_golden(built)
+        shutil.move(str(built), target)
     return target
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", default="1.0", help="model version (default 1.0)")
-    parser.add_argument("--weights", type=Path, help="safetensors from training; omit for the untrained default")
+    parser.add_argument("--weights", type=Path,
+                        help="safetensors from training; omit for the untrained default")
     parser.add_argument("--name", default=DEFAULT_NAME, help=f"model name (default {DEFAULT_NAME})")
     parser.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE)
     parser.add_argument("--serving-config", type=Path, default=DEFAULT_SERVING_CONFIG)
@@ -132,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, help="override TorchServe's batchSize for this archive")
     parser.add_argument("--max-batch-delay", type=int, help="override TorchServe's maxBatchDelay (ms)")
     parser.add_argument("--workers", type=int, help="override minWorkers and maxWorkers")
+    parser.add_argument("--no-golden", action="store_true",
+                        help="skip recording the golden requests (rollout.py verify then cannot check it)")
     args = parser.parse_args(argv)
 
     serving: dict[str, Any] = {}
@@ -144,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = build_archive(
             args.version, args.weights, args.name, args.model_store, args.serving_config,
-            dict(args.overrides), serving,
+            dict(args.overrides), serving, golden_requests=not args.no_golden,
         )
     except subprocess.CalledProcessError as error:
         print(f"torch-model-archiver failed:\n{error.stderr}", file=sys.stderr)
@@ -154,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(path)
     if args.weights is None:
-        print("note: no --weights given, so this archive carries the UNTRAINED seeded default", file=sys.stderr)
+        print("note: no --weights given, so this archive carries the UNTRAINED seeded default",
+              file=sys.stderr)
     return 0
 
 
