@@ -170,3 +170,63 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class OnnxRuntimeForward:
+    """The network's logits computed by ONNX Runtime on the CPU, from an export of the very same weights.
+
+    Under CPU contention (a TorchServe frontend and other workers on the same cores) ONNX Runtime's thread
+    pool degrades far less than PyTorch's OpenMP threads. ``onnx_file`` is exported from ``model`` when it
+    does not exist yet. The session is only kept if its fake probabilities agree with the eager fp32 network
+    within ``tolerance`` on a seeded batch; otherwise :class:`WeightsMismatchError` is raised and the caller
+    keeps PyTorch.
+    """
+
+    def __init__(self, model: DeepfakeDetector, onnx_file: str | Path, threads: int, tolerance: float = 1e-4) -> None:
+        import onnxruntime
+
+        self.path = Path(onnx_file)
+        if not self.path.exists():
+            export_onnx(model, self.path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.difference = self._check(model, tolerance)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        inputs = images.contiguous().numpy()
+        (logits,) = self.session.run(None, {self.input_name: inputs})
+        return torch.from_numpy(logits)
+
+    def _check(self, model: DeepfakeDetector, tolerance: float) -> float:
+        size = model.config.input_size
+        images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2
+        with torch.inference_mode():
+            expected = model.fake_probability(model(images))
+        actual = model.fake_probability(self(images))
+        difference = float((actual - expected).abs().max())
+        if not difference <= tolerance:
+            raise WeightsMismatchError(
+                f"ONNX Runtime's fake probabilities differ from PyTorch's by {difference:.2e} (> {tolerance:.0e}) "
+                f"for {self.path}: delete it so that it is exported again from the weights"
+            )
+        return difference
+
+
+def export_onnx(model: DeepfakeDetector, path: str | Path) -> Path:
+    """Write the network (normalised N x 3 x S x S images -> logits, dynamic batch) as ONNX."""
+    size = model.config.input_size
+    path = Path(path)
+    partial = path.with_suffix(".partial.onnx")
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        torch.onnx.export(
+            model, (torch.zeros(1, 3, size, size),), str(partial), input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=18, dynamo=False,
+        )
+    model.train(was_training)
+    partial.replace(path)
+    return path

@@ -24,7 +24,7 @@ from .config import PipelineSettings
 from .errors import InputError
 from .faces import Face, FaceDetector
 from .media import DecodedMedia, decode_media
-from .network import DeepfakeDetector, load_weights
+from .network import DeepfakeDetector, OnnxRuntimeForward, load_weights
 from .transforms import Region, center_region, crop_and_resize, face_region, normalize
 
 STAGES = ("decode", "detect", "crop", "forward")
@@ -58,7 +58,10 @@ class DetectionPipeline:
         settings: PipelineSettings | None = None,
         device: str | torch.device = "cpu",
         version: str = "unversioned",
+        onnx_file: str | Path | None = None,
     ) -> None:
+        """``onnx_file`` (CPU only): run the network with ONNX Runtime from that file, exported from ``model``
+        if it does not exist; its outputs are checked against PyTorch's at load (see OnnxRuntimeForward)."""
         self.settings = settings or PipelineSettings()
         self.device = torch.device(device)
         self.version = version
@@ -66,6 +69,9 @@ class DetectionPipeline:
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.face_detector = FaceDetector(self.settings, self.device)
         self._autocast = self.device.type == "cuda"
+        self.onnx_forward: OnnxRuntimeForward | None = None
+        if onnx_file is not None and self.device.type == "cpu":
+            self.onnx_forward = OnnxRuntimeForward(self.model, onnx_file, torch.get_num_threads())
 
     @classmethod
     def from_weights(
@@ -74,8 +80,9 @@ class DetectionPipeline:
         settings: PipelineSettings | None = None,
         device: str | torch.device = "cpu",
         version: str = "unversioned",
+        onnx_file: str | Path | None = None,
     ) -> DetectionPipeline:
-        return cls(load_weights(weights), settings, device, version)
+        return cls(load_weights(weights), settings, device, version, onnx_file)
 
     @property
     def model_info(self) -> dict[str, Any]:
@@ -138,8 +145,11 @@ class DetectionPipeline:
                 if self.device.type == "cuda":
                     batch = batch.pin_memory().to(self.device, non_blocking=True)
                 images = normalize(batch, self.config.mean, self.config.std)
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self._autocast):
-                    logits = self.model(images)
+                if self.onnx_forward is not None:
+                    logits = self.onnx_forward(images)
+                else:
+                    with torch.autocast(self.device.type, dtype=torch.float16, enabled=self._autocast):
+                        logits = self.model(images)
                 outputs.append(self.model.fake_probability(logits).float().cpu())
         return torch.cat(outputs).numpy()
 
