@@ -50,7 +50,7 @@ test-fast: install  ## Unit tests only (no server)
 	$(PY) -m pytest -v -m "not server"
 
 lint: install  ## ruff
-	$(VENV)/bin/ruff check handler scripts loadtests tests
+	$(VENV)/bin/ruff check handler scripts loadtests tests training
 
 clean:  ## Remove built archives, run folders and caches (keeps .venv)
 	rm -rf model_store/*.mar .run reports .pytest_cache

@@ -22,6 +22,7 @@ if sys.path[:1] != [_ARCHIVE_DIR]:
     # The archive's own copy of the pipeline must win over any installed one: each version is self-contained.
     sys.path.insert(0, _ARCHIVE_DIR)
 
+import cv2  # noqa: E402
 import torch  # noqa: E402
 from deepfake_detector import DetectionPipeline, InputError, PipelineSettings, file_sha256  # noqa: E402
 from deepfake_detector.audit import AuditLog, AuditSettings, audit_record  # noqa: E402
@@ -65,7 +66,9 @@ class DeepfakeDetectorHandler:
         device = _select_device(properties.get("gpu_id"))
         if device.type == "cpu":
             workers = serving_config.get("minWorkers", 1)
-            torch.set_num_threads(settings.cpu_threads or _threads_per_worker(workers))
+            threads = settings.cpu_threads or _threads_per_worker(workers)
+            torch.set_num_threads(threads)
+            cv2.setNumThreads(threads)  # OpenCV's resizes share the same cores
         self.pipeline = DetectionPipeline.from_weights(weights, settings, device, version)
         self.verdicts = VerdictWindow(window_size())
         self.audit = AuditLog(AuditSettings.from_environment())
