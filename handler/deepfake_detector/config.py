@@ -86,6 +86,10 @@ class PipelineSettings:
     """Faces are searched on a copy whose longest side is at most this, so cost does not grow with resolution."""
     min_face_size: int = 24
     """Smallest face searched for, in pixels of the downscaled copy."""
+    min_face_fraction: float = 0.05
+    """...and at least this fraction of the copy's shorter side. MTCNN's pyramid starts at the smallest face
+    searched for, so with a relative floor every copy's first level has the same size and detection costs
+    the same at 480p as at 4K; faces smaller than this share of the picture are too small to judge anyway."""
     min_face_probability: float = 0.9
     """Detections below this MTCNN probability are ignored."""
     max_faces_per_frame: int = 4
@@ -104,6 +108,8 @@ class PipelineSettings:
     max_frame_pixels: int = 3840 * 2160
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_face_fraction < 1.0:
+            raise ValueError(f"min_face_fraction must lie in [0, 1), got {self.min_face_fraction}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
         if self.aggregation not in ("mean", "max", "median"):
