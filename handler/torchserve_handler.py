@@ -33,6 +33,7 @@ from ts.metrics.metric_type_enum import MetricTypes  # noqa: E402
 logger = logging.getLogger(__name__)
 
 ARCHIVE_MANIFEST = "archive_manifest.json"
+ONNX_FILE = "network.onnx"
 _UNDECLARED: set[str] = set()
 _STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
                    422: "Unprocessable Entity"}
@@ -69,14 +70,16 @@ class DeepfakeDetectorHandler:
             threads = settings.cpu_threads or _threads_per_worker(workers)
             torch.set_num_threads(threads)
             cv2.setNumThreads(threads)  # OpenCV's resizes share the same cores
-        self.pipeline = DetectionPipeline.from_weights(weights, settings, device, version)
+        onnx_file = os.path.join(model_dir, ONNX_FILE) if settings.forward == "onnxruntime" else None
+        self.pipeline = DetectionPipeline.from_weights(weights, settings, device, version, onnx_file)
         self.verdicts = VerdictWindow(window_size())
         self.audit = AuditLog(AuditSettings.from_environment())
         if self.audit.enabled:
             logger.info("audit log: %s", self.audit.settings.path)
         info = self.pipeline.model_info
-        logger.info("deepfake detector %s version %s on %s (%d torch threads)",
-                    info["name"], version, device, torch.get_num_threads())
+        forward = "onnxruntime" if self.pipeline.onnx_forward is not None else "torch"
+        logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s)",
+                    info["name"], version, device, torch.get_num_threads(), forward)
         if not info["trained"]:
             logger.warning(
                 "model %s version %s carries UNTRAINED weights (seeded initialisation): its verdicts are "

@@ -30,9 +30,11 @@ from deepfake_detector import (
     PipelineSettings,
     build_detector,
     file_sha256,
+    load_weights,
     read_model_config,
     save_weights,
 )
+from deepfake_detector.network import export_onnx
 from golden import record_golden
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,6 +45,7 @@ DEFAULT_MODEL_STORE = REPO / "model_store"
 DEFAULT_NAME = "deepfake_detector"
 DEFAULT_SEED = 0
 WEIGHTS_FILE = "weights.safetensors"
+ONNX_FILE = "network.onnx"
 ARCHIVE_MANIFEST = "archive_manifest.json"
 
 
@@ -108,6 +111,11 @@ def build_archive(
         }
         (stage / ARCHIVE_MANIFEST).write_text(json.dumps(manifest, indent=2))
 
+        extra_files = [stage / ARCHIVE_MANIFEST]
+        if config["handler"].get("forward") == "onnxruntime":
+            # Exported at build time so that workers start fast; the handler checks it against PyTorch at load.
+            extra_files.append(export_onnx(load_weights(weights_file).eval(), stage / ONNX_FILE))
+
         code = stage / "code"
         shutil.copytree(PACKAGE_DIR, code / PACKAGE_DIR.name,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -119,7 +127,7 @@ def build_archive(
             "--version", version,
             "--handler", str(HANDLER_FILE),
             "--serialized-file", str(weights_file),
-            "--extra-files", f"{code},{stage / ARCHIVE_MANIFEST}",
+            "--extra-files", ",".join(str(path) for path in (code, *extra_files)),
             "--config-file", str(stage / "model-config.yaml"),
             "--export-path", str(export),
             "--force",

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import re
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from build_mar import build_archive
 from conftest import MODEL_NAME
 from deepfake_detector import DetectionPipeline, PipelineSettings
 from media_encodings import image_bytes, load_rgb
@@ -137,3 +139,19 @@ def test_a_request_without_the_token_is_refused(server, media):
                            headers=OCTET, timeout=60)
     assert answer.status_code in (400, 401)
     assert "label" not in answer.text
+
+
+def test_an_onnxruntime_archive_serves_the_same_probabilities(start_server, weights_file, media, tmp_path_factory):
+    """forward=onnxruntime: the export packed by build_mar is served, within 1e-4 of the PyTorch pipeline."""
+    store = tmp_path_factory.mktemp("onnx_store")
+    archive = build_archive("3.0", weights_file, MODEL_NAME, store, handler_overrides={"forward": "onnxruntime"})
+    with zipfile.ZipFile(archive) as packed:
+        assert "network.onnx" in packed.namelist()
+    served = start_server(store, [archive.name])
+    assert "forward: onnxruntime" in (served.log_dir / "model_log.log").read_text()
+    local = DetectionPipeline.from_weights(weights_file, PipelineSettings())
+    for path in (media.astronaut, media.face_video):
+        body = path.read_bytes()
+        answer = predict(served, body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["fake_probability"] == pytest.approx(local.score(body)["fake_probability"], abs=1e-4)
