@@ -118,7 +118,7 @@ TRAIN_ARGS ?=
 DEMO_VERSION ?= 1.1
 .PHONY: train-demo train evaluate
 
-train-demo: install  ## End to end on CPU (~15 min): package faces -> crops -> self-blends -> lite0 -> eval -> archive DEMO_VERSION -> served
+train-demo: install  ## End to end on CPU (1-2 min quiet, 15 max): package faces -> crops -> self-blends -> lite0 -> eval -> archive DEMO_VERSION -> served
 	$(PY) scripts/train_demo.py --version $(DEMO_VERSION)
 
 train: install  ## Crop DATASET (FF++ or real/ + fake/) into FACES, train BACKBONE into RUN (TRAIN_ARGS=...)
