@@ -56,7 +56,7 @@ from deepfake_detector import (  # noqa: E402
     load_weights,
     save_weights,
 )
-from deepfake_detector.network import DeepfakeDetector  # noqa: E402
+from deepfake_detector.network import DeepfakeDetector, OnnxRuntimeForward  # noqa: E402
 from deepfake_detector.transforms import crop_and_resize, face_region, normalize  # noqa: E402
 from make_load_media import LoadMedia, make_load_media  # noqa: E402
 from run_loadtest import run_locust, start_private_server, warm_up  # noqa: E402
@@ -165,7 +165,7 @@ class ReferencePipeline:
 
 
 def bench_network(pipeline: DetectionPipeline, reference: DeepfakeDetector, batch_sizes: list[int],
-                  repeats: int, onnx_session: Any = None) -> list[dict[str, Any]]:
+                  repeats: int, onnx_forward: OnnxRuntimeForward | None = None) -> list[dict[str, Any]]:
     config = pipeline.config
     generator = np.random.default_rng(0)
     rows = []
@@ -191,43 +191,34 @@ def bench_network(pipeline: DetectionPipeline, reference: DeepfakeDetector, batc
         difference = float(np.abs(pipeline.classify(crops) - expected).max())
         row = {"batch": batch, "pipeline_img_s": fast.per_second, "eager_nchw_img_s": slow.per_second,
                "max_abs_prob_diff": difference}
-        if onnx_session is not None:
-            inputs = images.numpy()
+        if onnx_forward is not None:
 
-            def ort(inputs: np.ndarray = inputs) -> dict[str, float]:
+            def ort(images: torch.Tensor = images) -> dict[str, float]:
                 start = time.perf_counter()
-                onnx_session.run(None, {"images": inputs})
+                onnx_forward(images)
                 return {"forward": time.perf_counter() - start}
 
             row["onnxruntime_img_s"] = median_timing(ort, batch, repeats).per_second
-            (logits,) = onnx_session.run(None, {"images": inputs})
-            probabilities = reference.fake_probability(torch.from_numpy(logits)).numpy()
+            probabilities = reference.fake_probability(onnx_forward(images)).numpy()
             row["onnxruntime_max_abs_prob_diff"] = float(np.abs(probabilities - expected).max())
         rows.append(row)
         print(f"  network batch {batch:>2}: pipeline {fast.per_second:6.1f} img/s, eager NCHW "
               f"{slow.per_second:6.1f} img/s, max |dp| {difference:.1e}"
               + (f"; onnxruntime {row['onnxruntime_img_s']:6.1f} img/s, max |dp| "
-                 f"{row['onnxruntime_max_abs_prob_diff']:.1e}" if onnx_session is not None else ""), flush=True)
+                 f"{row['onnxruntime_max_abs_prob_diff']:.1e}" if onnx_forward is not None else ""), flush=True)
     return rows
 
 
-def onnx_session_for(model: DeepfakeDetector, folder: Path, threads: int) -> Any:
-    """An ONNX Runtime CPU session of ``model`` (exported here), or None when onnxruntime is not installed."""
+def onnx_forward_for(model: DeepfakeDetector, folder: Path, threads: int) -> OnnxRuntimeForward | None:
+    """ONNX Runtime on a fresh export of ``model``, or None when onnxruntime is not installed."""
     try:
-        import onnxruntime
+        import onnxruntime  # noqa: F401
     except ImportError:
         print("  (onnxruntime is not installed: its column is left out)")
         return None
-    size = model.config.input_size
     path = folder / "network.onnx"
-    with torch.inference_mode():
-        torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=18, dynamo=False)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    path.unlink(missing_ok=True)  # always the weights measured in this run
+    return OnnxRuntimeForward(model, path, threads)
 
 
 # ---------------------------------------------------------------- (b) the pipeline in-process
@@ -449,14 +440,13 @@ def main(argv: list[str] | None = None) -> int:
                   "users": users, "served_time": run_time, "handler": serving.get("handler")},
     )
     print("(a) network alone", flush=True)
-    onnx_session = None if args.quick else onnx_session_for(reference_model, args.report_dir, threads)
+    onnx_forward = None if args.quick else onnx_forward_for(reference_model, args.report_dir, threads)
     results.network = bench_network(pipeline, reference_model, [1, 8] if args.quick else [1, 4, 8, 16], repeats,
-                                    onnx_session)
+                                    onnx_forward)
     print("(b) pipeline in-process vs reference", flush=True)
     onnx_pipeline = None
-    if onnx_session is not None:
-        onnx_pipeline = DetectionPipeline.from_weights(weights, settings, version="bench",
-                                                       onnx_file=args.report_dir / "network.onnx")
+    if onnx_forward is not None:
+        onnx_pipeline = DetectionPipeline.from_weights(weights, settings, version="bench", onnx_file=onnx_forward.path)
     results.pipeline = bench_pipeline(pipeline, reference, media, batch, repeats, onnx_pipeline)
     results.quality = compare_quality(pipeline, reference, media)
     results.video_stride = bench_video_stride(pipeline.model, settings, media, max(1, repeats // 2))

@@ -201,8 +201,8 @@ class TorchServeInstance:
         while True:
             try:
                 data = json.loads(self.key_file.read_text())
-                return {kind: data[kind]["key"] for kind in ("management", "inference", "API")} | {
-                    "api": data["API"]["key"]}
+                return {"management": data["management"]["key"], "inference": data["inference"]["key"],
+                        "api": data["API"]["key"]}
             except (FileNotFoundError, json.JSONDecodeError, KeyError):
                 if time.monotonic() > deadline:
                     raise ServerError(f"no key file at {self.key_file}: did TorchServe start?") from None

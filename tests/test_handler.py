@@ -1,7 +1,8 @@
 """The TorchServe handler without the Java frontend, against a real archive unpacked from disk.
 
-A small stand-in for TorchServe's context (as TorchServe's own handler unit tests use) records the
-per-request statuses the handler sets; everything else (archive, weights, pipeline) is real.
+The stand-in for TorchServe's context is the one golden requests use at build time (``golden.ArchiveContext``):
+it reads the archive's manifest and model-config.yaml and records the per-request statuses the handler sets;
+everything else (archive, weights, pipeline) is real.
 """
 
 from __future__ import annotations
@@ -14,33 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from build_mar import archive_path
 from conftest import MODEL_NAME
-
-
-class RecordingContext:
-    """The parts of ts.context.Context that a handler uses, recording what it sets per request."""
-
-    def __init__(self, model_dir: Path, batch_size: int) -> None:
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": batch_size}
-        self.manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
-        self.model_yaml_config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
-        self.statuses: dict[int, tuple[int, str]] = {}
-        self.content_types: dict[int, str] = {}
-        self.metrics = None
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        self.statuses[idx] = (code, phrase)
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.content_types[idx] = value
-
-    def get_request_id(self, idx: int = 0) -> str:
-        return f"request-{idx}"
-
-    def get_request_header(self, idx: int, key: str) -> str | None:
-        return None
+from golden import ArchiveContext
 
 
 def unpack(model_store: Path, version: str, target: Path) -> Path:
@@ -60,9 +37,9 @@ def load_handler_class(model_dir: Path) -> type:
 
 
 @pytest.fixture(scope="module")
-def handler_and_context(model_store, tmp_path_factory) -> tuple[Any, RecordingContext]:
+def handler_and_context(model_store, tmp_path_factory) -> tuple[Any, ArchiveContext]:
     model_dir = unpack(model_store, "1.0", tmp_path_factory.mktemp("v1"))
-    context = RecordingContext(model_dir, batch_size=8)
+    context = ArchiveContext(model_dir)
     handler = load_handler_class(model_dir)()
     handler.initialize(context)
     return handler, context
@@ -81,7 +58,7 @@ def test_a_batch_gets_one_response_and_status_per_request(handler_and_context, m
     ]
     responses = handler.handle(batch, context)
     assert len(responses) == len(batch)
-    assert {i: code for i, (code, _) in context.statuses.items()} == {1: 415, 3: 415, 5: 400}
+    assert context.statuses == {1: 415, 3: 415, 5: 400}
     assert responses[0]["face_detected"] is True and responses[0]["model"]["version"] == "1.0"
     assert responses[2]["media"]["type"] == "video"
     assert responses[4]["face_detected"] is False
@@ -99,7 +76,7 @@ def test_untrained_weights_are_announced(handler_and_context, media):
 
 def test_handler_settings_come_from_the_archive(model_store, tmp_path, media):
     model_dir = unpack(model_store, "2.0", tmp_path)
-    context = RecordingContext(model_dir, batch_size=8)
+    context = ArchiveContext(model_dir)
     handler = load_handler_class(model_dir)()
     handler.initialize(context)
     response = handler.handle([{"body": media.face_video.read_bytes()}], context)[0]
@@ -115,4 +92,4 @@ def test_tampered_weights_are_refused_at_load(model_store, tmp_path):
     weights.write_bytes(bytes(data))
     handler = load_handler_class(model_dir)()
     with pytest.raises(RuntimeError, match="sha256"):
-        handler.initialize(RecordingContext(model_dir, batch_size=8))
+        handler.initialize(ArchiveContext(model_dir))

@@ -100,15 +100,12 @@ def test_weights_without_a_config_are_refused_with_the_fix(tmp_path, default_mod
 
 
 def test_class_order_travels_with_the_weights():
-    reversed_order = DeepfakeDetector.__new__(DeepfakeDetector)
-    nn.Module.__init__(reversed_order)
-    reversed_order.config = ModelConfig(class_names=("FAKE", "REAL"))
     logits = torch.tensor([[2.0, 0.0]])
-    assert reversed_order.fake_probability(logits).item() > 0.85
-    normal = DeepfakeDetector.__new__(DeepfakeDetector)
-    nn.Module.__init__(normal)
-    normal.config = ModelConfig()
-    assert normal.fake_probability(logits).item() < 0.15
+    fake_first = DeepfakeDetector(ModelConfig(backbone="efficientnet_b0", class_names=("FAKE", "REAL")))
+    real_first = DeepfakeDetector(ModelConfig(backbone="efficientnet_b0"))
+    assert fake_first.config.fake_index == 0 and real_first.config.fake_index == 1
+    assert fake_first.fake_probability(logits).item() > 0.85
+    assert real_first.fake_probability(logits).item() < 0.15
 
 
 def test_model_config_refuses_unknown_keys_and_bad_classes():

