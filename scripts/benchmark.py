@@ -1,18 +1,20 @@
 """Throughput of the detector, in-process and served, on the same inputs in one run.
 
     python scripts/benchmark.py            # `make benchmark`
-    python scripts/benchmark.py --quick    # fewer repetitions, shorter Locust runs, no ONNX Runtime
+    python scripts/benchmark.py --quick    # fewer repetitions, shorter Locust runs, one forward runtime
     python scripts/benchmark.py --sweep    # also serve 1080p photos under several batchSize/delay/worker settings
 
 Parts, all on the untrained seeded weights that `make mar` packs (speed does not depend on training):
 
-(a) the network alone at several batch sizes: the pipeline's forward (channels_last, uint8 crops normalised
-    inside) against eager fp32 NCHW, and (without --quick, where onnxruntime is installed) ONNX Runtime on an
-    export of the same weights, each with its largest difference in fake probability;
-(b) the whole pipeline in-process, stage by stage (decode, detect, crop, forward) on the real face photos at
+(a) the network alone at several batch sizes: the pipeline's PyTorch forward (channels_last, uint8 crops
+    normalised inside) and ONNX Runtime on an export of the same weights, against eager fp32 NCHW, each with
+    its largest difference in fake probability;
+(b) the whole pipeline in-process, as config/model-config.yaml configures it (forward runtime included), in
+    one process using every core, stage by stage (decode, detect, crop, forward) on the real face photos at
     480p, 1080p and 4K and on the real face video, in batches of the served ``batchSize``, against a plain
     reference (Pillow decode, facenet-pytorch MTCNN with its defaults on a copy downscaled to 640 px, eager
-    fp32 NCHW forward at batch 1), plus the faces each finds and the cost of video strides 1 and 10;
+    fp32 NCHW forward at batch 1), plus the faces each finds and the cost of video strides 1 and 10; without
+    --quick also with the other forward runtime;
 (c) the same inputs served by a private TorchServe (an archive built by build_mar.build_archive from
     config/model-config.yaml) at saturation, driven by Locust.
 
@@ -225,7 +227,8 @@ def onnx_forward_for(model: DeepfakeDetector, folder: Path, threads: int) -> Onn
 
 
 def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, media: LoadMedia, batch: int,
-                   repeats: int, onnx_pipeline: DetectionPipeline | None = None) -> dict[str, dict[str, Any]]:
+                   repeats: int, alternative: DetectionPipeline | None = None) -> dict[str, dict[str, Any]]:
+    """``alternative``: the same pipeline with the other forward runtime, timed on the photos for comparison."""
     inputs = {size: [p.read_bytes() for p in media.photos_of_size(size)] for size in IMAGE_SIZES}
     results: dict[str, dict[str, Any]] = {}
     for size, bodies in inputs.items():
@@ -239,11 +242,11 @@ def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, me
                          "speedup": ours.per_second / base.per_second}
         print(f"  {size:>6}: pipeline {ours.ms_per_item:6.1f} ms/img {_stages(ours)}; reference "
               f"{base.ms_per_item:6.1f} ms/img {_stages(base)}; x{ours.per_second / base.per_second:.2f}", flush=True)
-        if onnx_pipeline is not None:
-            onnx = median_timing(lambda b=batch_bodies: onnx_pipeline.score_batch(b).stage_seconds, batch, repeats)
-            results[size]["pipeline_onnxruntime"] = onnx.__dict__ | {"per_s": onnx.per_second}
-            print(f"          same pipeline, ONNX Runtime forward: {onnx.ms_per_item:6.1f} ms/img {_stages(onnx)}",
-                  flush=True)
+        if alternative is not None:
+            other = median_timing(lambda b=batch_bodies: alternative.score_batch(b).stage_seconds, batch, repeats)
+            results[size]["pipeline_other_forward"] = other.__dict__ | {"per_s": other.per_second}
+            print(f"          same pipeline, {alternative.settings.forward} forward: {other.ms_per_item:6.1f} ms/img "
+                  f"{_stages(other)}", flush=True)
     video = media.videos["carphone"].read_bytes()
     video_batch = [video] * max(1, batch // 4)
     ours = median_timing(lambda: pipeline.score_batch(video_batch).stage_seconds, len(video_batch), repeats)
@@ -282,17 +285,39 @@ def compare_quality(pipeline: DetectionPipeline, reference: ReferencePipeline, m
     video = pipeline.score(media.videos["carphone"].read_bytes())
     video_faces = sum(frame["face_detected"] for frame in video["frames"])
     return {"max_box_diff_px": worst_box, "max_prob_diff": worst_prob, "mismatches": mismatches,
-            "video_frames_with_face": f"{video_faces}/{len(video['frames'])}"}
+            "video_frames_with_face": f"{video_faces}/{len(video['frames'])}",
+            "reduced_jpeg_decode": compare_reduced_decode(pipeline, bodies)}
 
 
-def bench_video_stride(model: DeepfakeDetector, settings: PipelineSettings, media: LoadMedia,
-                       repeats: int) -> dict[str, Any]:
+def compare_reduced_decode(pipeline: DetectionPipeline, bodies: dict[str, bytes]) -> dict[str, Any]:
+    """End to end, reduced JPEG decoding against full-resolution decoding: faces, boxes, fake probabilities."""
+    full = variant(pipeline, reduced_jpeg_decode=False)
+    worst_box, worst_prob, mismatches = 0.0, 0.0, []
+    for label, body in bodies.items():
+        ours, theirs = pipeline.score(body), full.score(body)
+        if len(ours["faces"]) != len(theirs["faces"]):
+            mismatches.append(f"{label}: {len(ours['faces'])} faces vs {len(theirs['faces'])} at full resolution")
+            continue
+        to_copy = min(1.0, REFERENCE_DETECT_SIDE / max(ours["media"]["width"], ours["media"]["height"]))
+        for face, other in zip(ours["faces"], theirs["faces"]):
+            worst_box = max(worst_box, to_copy * max(abs(a - b) for a, b in zip(face["box"], other["box"])))
+        worst_prob = max(worst_prob, abs(ours["fake_probability"] - theirs["fake_probability"]))
+    return {"max_box_diff_px": worst_box, "max_prob_diff": worst_prob, "mismatches": mismatches}
+
+
+def variant(pipeline: DetectionPipeline, **changes: Any) -> DetectionPipeline:
+    """The same network and forward runtime with other settings."""
+    onnx_file = pipeline.onnx_forward.path if pipeline.onnx_forward is not None else None
+    return DetectionPipeline(pipeline.model, pipeline.settings.replace(**changes), onnx_file=onnx_file)
+
+
+def bench_video_stride(pipeline: DetectionPipeline, media: LoadMedia, repeats: int) -> dict[str, Any]:
     """The carphone video scored at stride 1 and stride 10, every sampled frame (no max_frames cap)."""
     body = media.videos["carphone"].read_bytes()
     costs = {}
     for stride in (1, 10):
-        pipeline = DetectionPipeline(model, settings.replace(frame_stride=stride, max_frames=100_000))
-        costs[stride] = median_timing(lambda p=pipeline: p.score_batch([body]).stage_seconds, 1, repeats)
+        strided = variant(pipeline, frame_stride=stride, max_frames=100_000)
+        costs[stride] = median_timing(lambda p=strided: p.score_batch([body]).stage_seconds, 1, repeats)
     ratio = costs[10].ms_per_item / costs[1].ms_per_item
     print(f"  video stride 1: {costs[1].ms_per_item:.0f} ms, stride 10: {costs[10].ms_per_item:.0f} ms "
           f"(ratio {ratio:.3f})", flush=True)
@@ -327,10 +352,16 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
     return results
 
 
-def sweep_configs(quick: bool) -> list[dict[str, int]]:
-    grid = [(1, 0, 1), (4, 20, 1), (8, 50, 1), (16, 100, 1), (8, 50, 2)]
-    return [{"batchSize": b, "maxBatchDelay": d, "minWorkers": w, "maxWorkers": w}
-            for b, d, w in grid[: 3 if quick else None]]
+def sweep_configs(quick: bool) -> list[dict[str, Any]]:
+    """TorchServe batching, worker count and forward runtime around the shipped defaults (8, 50 ms, 2, ORT)."""
+    grid = [(1, 0, 2, "onnxruntime"), (4, 20, 2, "onnxruntime"), (8, 50, 2, "onnxruntime"),
+            (16, 100, 2, "onnxruntime"), (8, 50, 1, "onnxruntime"), (8, 50, 2, "torch"), (8, 50, 1, "torch")]
+    return [{"batchSize": b, "maxBatchDelay": d, "minWorkers": w, "maxWorkers": w, "forward": f}
+            for b, d, w, f in grid[: 3 if quick else None]]
+
+
+def other_forward(results: Results) -> str:
+    return "torch" if results.settings.get("forward") == "onnxruntime" else "onnxruntime"
 
 
 # ---------------------------------------------------------------- report
@@ -338,11 +369,14 @@ def sweep_configs(quick: bool) -> list[dict[str, int]]:
 
 def markdown(results: Results, command: str) -> str:
     nan = float("nan")
+    settings = results.settings
     lines = [f"Command: `{command}` ({results.machine['when']}, {results.machine['cpus']} CPU cores, "
-             f"{results.machine['torch_threads']} torch threads, no GPU; batchSize {results.settings['batchSize']}, "
-             f"maxBatchDelay {results.settings['maxBatchDelay']} ms, {results.settings['workers']} worker)", "",
+             f"{results.machine['gpu'] or 'no GPU'}; in-process: one process, {results.machine['torch_threads']} "
+             f"threads; served: {settings['workers']} workers x {settings['threads_per_worker']} threads; forward "
+             f"{settings['forward']}, batchSize {settings['batchSize']}, maxBatchDelay {settings['maxBatchDelay']} ms)",
+             "",
              "| input | decode | detect | crop | forward | in-process /s | reference /s | in-process / reference "
-             "| served /s | p50 / p95 ms | served / in-process | in-process, ONNX Runtime forward /s |",
+             f"| served /s | p50 / p95 ms | served / in-process | in-process, {other_forward(results)} forward /s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in results.pipeline.items():
         stages = row["pipeline"]["stages_ms"]
@@ -356,7 +390,7 @@ def markdown(results: Results, command: str) -> str:
             + (f"| {reference['per_s']:.2f} | {row['speedup']:.2f} " if reference else "| - | - ")
             + f"| {served_rate:.2f} | {served.get('p50_ms', nan):.0f} / {served.get('p95_ms', nan):.0f} "
             + f"| {served_rate / row['pipeline']['per_s']:.2f} "
-            + f"| {row.get('pipeline_onnxruntime', {}).get('per_s', nan):.2f} |")
+            + f"| {row.get('pipeline_other_forward', {}).get('per_s', nan):.2f} |")
     lines += ["", "Stage columns are in-process milliseconds per image (per request for the video).", "",
               "| network batch | pipeline forward img/s | eager fp32 NCHW img/s | max abs prob diff "
               "| ONNX Runtime img/s | its max abs prob diff |",
@@ -378,13 +412,18 @@ def markdown(results: Results, command: str) -> str:
               f"reference searches from 20 px faces, the pipeline from min_face_size); largest fake-probability "
               f"difference from eager fp32 on the same crops {quality['max_prob_diff']:.1e}; carphone frames with "
               f"a face {quality['video_frames_with_face']}."]
+    reduced = quality.get("reduced_jpeg_decode")
+    if reduced:
+        lines += ["", f"Reduced JPEG decoding against full-resolution decoding, end to end on the same photos: same "
+                  f"faces: {not reduced['mismatches']}; largest box difference {reduced['max_box_diff_px']:.1f} px "
+                  f"of the 640 px detection copy; largest fake-probability difference {reduced['max_prob_diff']:.1e}."]
     if results.sweep:
-        lines += ["", "| batchSize | maxBatchDelay ms | workers x threads | 1080p served /s | p50 / p95 ms |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| batchSize | maxBatchDelay ms | workers x threads | forward | 1080p served /s | p50 / p95 ms |",
+                  "|---|---|---|---|---|---|"]
         for row in results.sweep:
             lines.append(f"| {row['batchSize']} | {row['maxBatchDelay']} | {row['minWorkers']} x "
-                         f"{max(1, (os.cpu_count() or 1) // row['minWorkers'])} | {row['steady_requests_per_s']:.2f} "
-                         f"| {row['p50_ms']:.0f} / {row['p95_ms']:.0f} |")
+                         f"{max(1, (os.cpu_count() or 1) // row['minWorkers'])} | {row['forward']} "
+                         f"| {row['steady_requests_per_s']:.2f} | {row['p50_ms']:.0f} / {row['p95_ms']:.0f} |")
     return "\n".join(lines)
 
 
@@ -421,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = PipelineSettings.from_mapping(serving.get("handler"))
     workers = int(serving.get("minWorkers", 1))
     batch = int(serving.get("batchSize", 1))
-    threads = settings.cpu_threads or max(1, (os.cpu_count() or 1) // workers)
+    # In-process is one process with the whole machine; served is the archive's workers x threads.
+    threads = settings.cpu_threads or (os.cpu_count() or 1)
+    threads_per_worker = settings.cpu_threads or max(1, (os.cpu_count() or 1) // workers)
     torch.set_num_threads(threads)
     users = args.users or 2 * batch * workers
 
@@ -429,27 +470,30 @@ def main(argv: list[str] | None = None) -> int:
     media = make_load_media()
     weights = args.report_dir / "weights.safetensors"
     save_weights(build_detector(seed=0), weights)
-    pipeline = DetectionPipeline.from_weights(weights, settings, version="bench")
     reference_model = load_weights(weights).eval()
     reference = ReferencePipeline(reference_model, settings)
+    onnx_forward = onnx_forward_for(reference_model, args.report_dir, threads)
+    pipelines = {"torch": DetectionPipeline.from_weights(weights, settings.replace(forward="torch"), version="bench")}
+    if onnx_forward is not None:
+        pipelines["onnxruntime"] = DetectionPipeline.from_weights(
+            weights, settings.replace(forward="onnxruntime"), version="bench", onnx_file=onnx_forward.path)
+    pipeline = pipelines.get(settings.forward, pipelines["torch"])
+    alternative = None if args.quick else next((p for p in pipelines.values() if p is not pipeline), None)
     results = Results(
         machine={"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
                  "torch_threads": threads, "platform": platform.platform(), "torch": torch.__version__,
                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         settings={"batchSize": batch, "maxBatchDelay": serving.get("maxBatchDelay"), "workers": workers,
+                  "threads_per_worker": threads_per_worker, "forward": pipeline.settings.forward,
                   "users": users, "served_time": run_time, "handler": serving.get("handler")},
     )
     print("(a) network alone", flush=True)
-    onnx_forward = None if args.quick else onnx_forward_for(reference_model, args.report_dir, threads)
-    results.network = bench_network(pipeline, reference_model, [1, 8] if args.quick else [1, 4, 8, 16], repeats,
-                                    onnx_forward)
-    print("(b) pipeline in-process vs reference", flush=True)
-    onnx_pipeline = None
-    if onnx_forward is not None:
-        onnx_pipeline = DetectionPipeline.from_weights(weights, settings, version="bench", onnx_file=onnx_forward.path)
-    results.pipeline = bench_pipeline(pipeline, reference, media, batch, repeats, onnx_pipeline)
+    results.network = bench_network(pipelines["torch"], reference_model, [1, 8] if args.quick else [1, 4, 8, 16],
+                                    repeats, onnx_forward)
+    print(f"(b) pipeline in-process ({pipeline.settings.forward} forward, {threads} threads) vs reference", flush=True)
+    results.pipeline = bench_pipeline(pipeline, reference, media, batch, repeats, alternative)
     results.quality = compare_quality(pipeline, reference, media)
-    results.video_stride = bench_video_stride(pipeline.model, settings, media, max(1, repeats // 2))
+    results.video_stride = bench_video_stride(pipeline, media, max(1, repeats // 2))
     if not args.skip_served:
         print(f"(c) served by TorchServe, Locust {users} users x {run_time} per input", flush=True)
         store = args.report_dir / "store"
@@ -457,7 +501,9 @@ def main(argv: list[str] | None = None) -> int:
         results.served = bench_served(archive, args.report_dir / "run", media, users, run_time)
         if args.sweep:
             for number, config in enumerate(sweep_configs(args.quick)):
-                swept = build_archive(f"sweep{number}", weights, MODEL_NAME, store, serving_overrides=config)
+                serving_overrides = {k: v for k, v in config.items() if k != "forward"}
+                swept = build_archive(f"sweep{number}", weights, MODEL_NAME, store, serving_overrides=serving_overrides,
+                                      handler_overrides={"forward": config["forward"]})
                 row = bench_served_one(swept, args.report_dir / f"run-sweep{number}", media,
                                        max(users, 2 * config["batchSize"] * config["minWorkers"]), run_time)
                 results.sweep.append(config | row)

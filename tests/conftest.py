@@ -52,12 +52,17 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+ONE_WORKER = {"minWorkers": 1, "maxWorkers": 1}
+"""Test archives run one worker per version: CI has two cores and the tests start a dozen servers, several
+versions each. Everything else is config/model-config.yaml's (ONNX Runtime forward included)."""
+
+
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory: pytest.TempPathFactory, weights_file: Path) -> Path:
     """A model store holding version 1.0 (default settings) and 2.0 (other handler settings)."""
     store = tmp_path_factory.mktemp("model_store")
-    build_archive("1.0", weights_file, MODEL_NAME, store)
-    build_archive("2.0", weights_file, MODEL_NAME, store,
+    build_archive("1.0", weights_file, MODEL_NAME, store, serving_overrides=ONE_WORKER)
+    build_archive("2.0", weights_file, MODEL_NAME, store, serving_overrides=ONE_WORKER,
                   handler_overrides={"frame_stride": 20, "max_frames": 4, "threshold": 0.6})
     return store
 

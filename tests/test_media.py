@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+
+import cv2
 import numpy as np
 import pytest
 from deepfake_detector import InputError, PipelineSettings
@@ -160,3 +163,54 @@ def test_limits_are_enforced_before_decoding(astronaut, media):
         with pytest.raises(InputError) as raised:
             decode_media(body, settings)
         assert (raised.value.status, raised.value.code) == (413, code)
+
+
+# ---------------------------------------------------------------- large JPEGs decoded at a reduced DCT scale
+
+
+@pytest.fixture(scope="module")
+def astronaut_4k(astronaut) -> np.ndarray:
+    """The real astronaut photo as a 3840x2160 frame (upscaled, centred on grey): a 4K camera photo."""
+    canvas = np.full((2160, 3840, 3), 128, dtype=np.uint8)
+    canvas[:, 840:3000] = cv2.resize(astronaut, (2160, 2160), interpolation=cv2.INTER_CUBIC)
+    return canvas
+
+
+def test_a_4k_jpeg_is_decoded_at_a_quarter_and_reports_its_full_size(astronaut_4k):
+    decoded = decode_media(image_bytes(astronaut_4k, "JPEG", quality=90), SETTINGS)
+    assert (decoded.width, decoded.height) == (3840, 2160)
+    assert decoded.reduction == 4 and decoded.frames[0].shape == (540, 960, 3)
+    # Never smaller than the copy faces are searched on, so detection sees the same pixels as at full size.
+    assert max(decoded.frames[0].shape[:2]) >= SETTINGS.detect_max_side
+    assert media_module.jpeg_reduction(1920, 1080, 640) == 2 and media_module.jpeg_reduction(854, 480, 640) == 1
+
+
+def test_reduced_decoding_can_be_switched_off(astronaut_4k):
+    decoded = decode_media(image_bytes(astronaut_4k, "JPEG"), PipelineSettings(reduced_jpeg_decode=False))
+    assert decoded.reduction == 1 and decoded.frames[0].shape == (2160, 3840, 3)
+
+
+@pytest.mark.parametrize("side", [1200, 300])
+def test_crops_keep_full_detail_at_any_face_size(astronaut_4k, side):
+    """A large region is cut from the reduced decode; a small one (300 px: 75 px at 1/4) from a finer one."""
+    body = image_bytes(astronaut_4k, "JPEG", quality=90)
+    reduced = decode_media(body, SETTINGS)
+    full = decode_media(body, PipelineSettings(reduced_jpeg_decode=False))
+    region = (1500, 300, 1500 + side, 300 + side)
+    crop = reduced.crop(0, region, 224)
+    expected = full.crop(0, region, 224)
+    assert crop.shape == (224, 224, 3)
+    assert np.abs(crop.astype(int) - expected.astype(int)).mean() < 2.0
+    finer = sorted(reduced._finer)
+    assert finer == ([] if side / 4 >= 224 else [1])
+
+
+def test_exif_rotation_of_a_reduced_jpeg_swaps_the_full_size(astronaut_4k):
+    image = Image.fromarray(astronaut_4k)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    decoded = decode_media(buffer.getvalue(), SETTINGS)
+    assert (decoded.width, decoded.height) == (2160, 3840)
+    assert decoded.frames[0].shape == (960, 540, 3)

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from build_mar import build_archive
-from conftest import MODEL_NAME
+from build_mar import archive_path, build_archive
+from conftest import MODEL_NAME, ONE_WORKER
 from deepfake_detector import DetectionPipeline, PipelineSettings
 from media_encodings import image_bytes, load_rgb
 from test_faces import assert_on_face
@@ -141,17 +141,27 @@ def test_a_request_without_the_token_is_refused(server, media):
     assert "label" not in answer.text
 
 
-def test_an_onnxruntime_archive_serves_the_same_probabilities(start_server, weights_file, media, tmp_path_factory):
-    """forward=onnxruntime: the export packed by build_mar is served, within 1e-4 of the PyTorch pipeline."""
-    store = tmp_path_factory.mktemp("onnx_store")
-    archive = build_archive("3.0", weights_file, MODEL_NAME, store, handler_overrides={"forward": "onnxruntime"})
-    with zipfile.ZipFile(archive) as packed:
+def test_both_forward_runtimes_serve_the_same_probabilities(server, start_server, weights_file, media,
+                                                            tmp_path_factory):
+    """The default archive runs ONNX Runtime on the export build_mar packs; forward=torch runs PyTorch. Both
+    serve the in-process PyTorch pipeline's probabilities within 1e-4."""
+    with zipfile.ZipFile(archive_path(server.model_store, MODEL_NAME, "1.0")) as packed:
         assert "network.onnx" in packed.namelist()
-    served = start_server(store, [archive.name])
-    assert "forward: onnxruntime" in (served.log_dir / "model_log.log").read_text()
+    store = tmp_path_factory.mktemp("torch_store")
+    archive = build_archive("3.0", weights_file, MODEL_NAME, store, serving_overrides=ONE_WORKER,
+                            handler_overrides={"forward": "torch"})
+    with zipfile.ZipFile(archive) as packed:
+        assert "network.onnx" not in packed.namelist()
+    on_torch = start_server(store, [archive.name])
+    assert re.search(r"version 1\.0 on cpu \(\d+ threads, forward: onnxruntime\)",
+                     (server.log_dir / "model_log.log").read_text())
+    assert re.search(r"version 3\.0 on cpu \(\d+ threads, forward: torch\)",
+                     (on_torch.log_dir / "model_log.log").read_text())
     local = DetectionPipeline.from_weights(weights_file, PipelineSettings())
     for path in (media.astronaut, media.face_video):
         body = path.read_bytes()
-        answer = predict(served, body)
-        assert answer.status_code == 200, answer.text
-        assert answer.json()["fake_probability"] == pytest.approx(local.score(body)["fake_probability"], abs=1e-4)
+        expected = local.score(body)["fake_probability"]
+        for instance in (server, on_torch):
+            answer = predict(instance, body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["fake_probability"] == pytest.approx(expected, abs=1e-4)

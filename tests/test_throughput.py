@@ -154,8 +154,8 @@ def test_benchmark_reference_and_pipeline_agree_and_the_table_renders(pipeline, 
     assert network[0]["max_abs_prob_diff"] <= 1e-4 and network[0]["pipeline_img_s"] > 0
 
     results = benchmark.Results(
-        machine={"when": "now", "cpus": 2, "torch_threads": torch.get_num_threads()},
-        settings={"batchSize": 2, "maxBatchDelay": 50, "workers": 1},
+        machine={"when": "now", "cpus": 2, "torch_threads": torch.get_num_threads(), "gpu": None},
+        settings={"batchSize": 2, "maxBatchDelay": 50, "workers": 2, "threads_per_worker": 1, "forward": "onnxruntime"},
         network=network, quality=quality,
     )
     results.pipeline = {size: _fake_row(ms) for size, ms in (("480p", 100.0), ("1080p", 120.0), ("4k", 125.0))}
@@ -165,6 +165,8 @@ def test_benchmark_reference_and_pipeline_agree_and_the_table_renders(pipeline, 
     assert results.ratios["cost_4k_over_480p"] == pytest.approx(1.25)
     table = benchmark.markdown(results, "python scripts/benchmark.py")
     assert "| 480p |" in table and "served over inprocess 480p | 0.96 | >= 0.95" in table
+    assert "served: 2 workers x 1 threads; forward onnxruntime" in table
+    assert "in-process, torch forward /s" in table
 
 
 def _fake_row(ms_per_image: float) -> dict:

@@ -85,6 +85,10 @@ class PipelineSettings:
     """Video: how the sampled frames' scores combine into the video's score."""
     detect_max_side: int = 640
     """Faces are searched on a copy whose longest side is at most this, so cost does not grow with resolution."""
+    reduced_jpeg_decode: bool = True
+    """A JPEG larger than the face-search copy is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+    several times faster on a 4K photo); crops are still cut with at least the network's input resolution
+    across the face, from a finer decode when needed. False decodes every JPEG at full resolution."""
     min_face_size: int = 24
     """Smallest face searched for, in pixels of the downscaled copy."""
     min_face_fraction: float = 0.05

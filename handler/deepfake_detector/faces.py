@@ -4,7 +4,7 @@ Policy, in one place:
 
 * Detection runs on a copy whose longest side is at most ``detect_max_side`` pixels, so its cost does not
   grow with the input's resolution; boxes are mapped back to full-resolution coordinates and the crop is
-  taken from the full-resolution frame.
+  cut with full detail (``media.DecodedMedia.crop``).
 * Faces smaller than ``min_face_size`` pixels of that copy, or than ``min_face_fraction`` of its shorter
   side, are not searched for: the pyramid starts at the smallest face worth scoring, which also makes the
   cost of detection the same for a 480p photo and a 4K one.
@@ -64,8 +64,14 @@ class FaceDetector:
         relative = round(self.settings.min_face_fraction * min(width, height))
         return max(self.settings.min_face_size, relative)
 
-    def detect(self, frames: list[np.ndarray]) -> list[list[Face]]:
-        """Faces for each RGB uint8 frame, in the same order."""
+    def detect(
+        self, frames: list[np.ndarray], full_sizes: list[tuple[int, int]] | None = None
+    ) -> list[list[Face]]:
+        """Faces for each RGB uint8 frame, in the same order.
+
+        Boxes are in pixels of ``full_sizes[i]`` (width, height) when given, the full resolution of a frame
+        that was decoded smaller, and otherwise in the frame's own pixels.
+        """
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for position, frame in enumerate(frames):
             height, width = frame.shape[:2]
@@ -81,6 +87,8 @@ class FaceDetector:
                     boxes, probabilities = self.mtcnn.detect(batch)
             for position, frame_boxes, frame_probs in zip(positions, boxes, probabilities):
                 height, width = frames[position].shape[:2]
+                if full_sizes is not None:
+                    width, height = full_sizes[position]
                 found[position] = self._select(
                     frame_boxes, frame_probs, width / small_w, height / small_h, width, height
                 )

@@ -25,7 +25,7 @@ from .errors import InputError
 from .faces import Face, FaceDetector
 from .media import DecodedMedia, decode_media
 from .network import DeepfakeDetector, OnnxRuntimeForward, load_weights
-from .transforms import Region, center_region, crop_and_resize, face_region, normalize
+from .transforms import Region, center_region, face_region, normalize
 
 STAGES = ("decode", "detect", "crop", "forward")
 
@@ -108,19 +108,17 @@ class DetectionPipeline:
 
         with _timed(report, "detect"):
             frames = [frame for _, m in media for frame in m.frames]
-            faces_per_frame = iter(self.face_detector.detect(frames) if frames else [])
+            full_sizes = [m.full_size for _, m in media for _ in m.frames]
+            faces_per_frame = iter(self.face_detector.detect(frames, full_sizes) if frames else [])
 
         with _timed(report, "crop"):
             crops: list[_Crop] = []
             pixels: list[np.ndarray] = []
-            frame_faces: dict[tuple[int, int], list[Face]] = {}
             for request, m in media:
-                for frame_position, frame in enumerate(m.frames):
-                    faces = next(faces_per_frame)
-                    frame_faces[(request, frame_position)] = faces
-                    for crop in self._plan_crops(request, frame_position, frame, faces):
+                for frame_position in range(len(m.frames)):
+                    for crop in self._plan_crops(request, frame_position, m, next(faces_per_frame)):
                         crops.append(crop)
-                        pixels.append(crop_and_resize(frame, crop.region, self.config.input_size))
+                        pixels.append(m.crop(frame_position, crop.region, self.config.input_size))
         report.crops = len(crops)
 
         with _timed(report, "forward"):
@@ -159,8 +157,9 @@ class DetectionPipeline:
         except InputError as error:
             return error
 
-    def _plan_crops(self, request: int, frame: int, image: np.ndarray, faces: list[Face]) -> Iterator[_Crop]:
-        height, width = image.shape[:2]
+    def _plan_crops(self, request: int, frame: int, m: DecodedMedia, faces: list[Face]) -> Iterator[_Crop]:
+        """Where to crop, in full-resolution pixels: around every face, or the centre when there is none."""
+        width, height = m.full_size
         if not faces:
             yield _Crop(request, frame, None, center_region(width, height))
             return

@@ -37,6 +37,17 @@ def face_region(box: Box, width: int, height: int, margin: float) -> Region:
     return left, top, left + side, top + side
 
 
+def scale_region(region: Region, size: tuple[int, int], new_size: tuple[int, int]) -> Region:
+    """The same square ``region`` of an image of ``size`` (w, h) in a resized copy of ``new_size``, still square
+    and inside it."""
+    x1, y1, x2, _ = region
+    scale_x, scale_y = new_size[0] / size[0], new_size[1] / size[1]
+    side = max(1, min(round((x2 - x1) * scale_x), new_size[0], new_size[1]))
+    left = min(max(round(x1 * scale_x), 0), new_size[0] - side)
+    top = min(max(round(y1 * scale_y), 0), new_size[1] - side)
+    return left, top, left + side, top + side
+
+
 def center_region(width: int, height: int) -> Region:
     """The largest centred square: the crop scored when no face is found."""
     side = min(width, height)
