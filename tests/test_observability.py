@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import re
 import time
 from pathlib import Path
@@ -80,15 +81,45 @@ def test_audit_log_rotates_and_never_holds_the_media(tmp_path: Path, media: type
     for number in range(40):
         log.write(audit_record(f"request-{number}", body, outcome, 200, "1.0", 12.5))
     log.close()
-    files = sorted(path.name for path in tmp_path.iterdir())
+    files = sorted(path.name for path in tmp_path.iterdir() if path.suffix != ".lock")
     assert files == ["audit.log", "audit.log.1", "audit.log.2"], files
     lines = [json.loads(line) for name in files for line in (tmp_path / name).read_text().splitlines()]
     assert all(line["sha256"] == hashlib.sha256(body).hexdigest() for line in lines)
-    assert all(path.stat().st_size <= 2000 for path in tmp_path.iterdir())
+    assert all((tmp_path / name).stat().st_size <= 2000 for name in files)
     newest = json.loads((tmp_path / "audit.log").read_text().splitlines()[-1])
     assert newest["request_id"] == "request-39"
     assert set(newest) == {"time", "request_id", "sha256", "bytes", "media_type", "media_format", "status",
                            "verdict", "fake_probability", "face_detected", "model_version", "latency_ms"}
+
+
+def _write_audit_lines(path: str, writer: int, count: int) -> None:
+    log = AuditLog(AuditSettings(Path(path), max_bytes=4000, backups=50))
+    outcome = {"label": "FAKE", "fake_probability": 0.7, "face_detected": False,
+               "media": {"type": "image", "format": "png"}}
+    for number in range(count):
+        log.write(audit_record(f"w{writer}-{number}", b"body", outcome, 200, "1.0", 1.0))
+    log.close()
+
+
+def test_workers_share_one_audit_log_without_losing_or_splitting_lines(tmp_path: Path) -> None:
+    """Two worker processes append to and rotate the same file: every line lands once, whole, in order."""
+    path = tmp_path / "audit.log"
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_write_audit_lines, args=(str(path), w, 150)) for w in range(2)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(60)
+        assert process.exitcode == 0
+    files = sorted(tmp_path.glob("audit.log*"), key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0)
+    logs = [p for p in files if not p.name.endswith(".lock")]
+    assert len(logs) > 5, "the test must make the workers rotate"
+    ids = [json.loads(line)["request_id"] for p in logs for line in p.read_text().splitlines()]
+    assert sorted(ids) == sorted(f"w{w}-{n}" for w in range(2) for n in range(150))
+    for writer in range(2):
+        mine = [int(i.split("-")[1]) for i in ids if i.startswith(f"w{writer}-")]
+        assert mine == sorted(mine), "oldest file first: each worker's lines keep their order"
+    assert all(p.stat().st_size <= 4000 for p in logs)
 
 
 # --- against a real server -----------------------------------------------------------------------------

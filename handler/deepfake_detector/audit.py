@@ -13,15 +13,14 @@ Where the file goes is a deployment concern, so it is read from the environment,
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
-import logging
-import logging.handlers
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_BACKUPS = 10
@@ -53,38 +52,76 @@ class AuditSettings:
 
 
 class AuditLog:
-    """Appends audit records as JSON lines; rotation by size via ``RotatingFileHandler``."""
+    """Appends audit records as JSON lines and rotates the file by size, safely across worker processes.
+
+    Every worker of a version appends to the same file. Each write holds an exclusive ``flock`` on a lock
+    file beside it, reopens the file if another worker has rotated it since, rotates it itself when the line
+    would take it past ``max_bytes``, and appends the whole line: no line is interleaved, split or written to
+    a file that was already rotated away.
+    """
 
     def __init__(self, settings: AuditSettings) -> None:
         self.settings = settings
-        self._logger: logging.Logger | None = None
+        self._stream: TextIO | None = None
+        self._lock: TextIO | None = None
         if settings.path is None:
             return
         settings.path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            settings.path, maxBytes=settings.max_bytes, backupCount=settings.backups, encoding="utf-8"
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        # A private logger that does not propagate: audit lines must not leak into the server's own log.
-        self._logger = logging.getLogger(f"deepfake_detector.audit.{id(self)}")
-        self._logger.propagate = False
-        self._logger.setLevel(logging.INFO)
-        self._logger.addHandler(handler)
+        self._lock = open(settings.path.with_name(settings.path.name + ".lock"), "a")  # noqa: SIM115
+        self._stream = self._open()
 
     @property
     def enabled(self) -> bool:
-        return self._logger is not None
+        return self._stream is not None
 
     def write(self, record: Mapping[str, Any]) -> None:
-        if self._logger is not None:
-            self._logger.info(json.dumps(record, sort_keys=True, separators=(",", ":")))
+        if self._stream is None or self._lock is None:
+            return
+        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            if self._rotated_elsewhere():
+                self._stream.close()
+                self._stream = self._open()
+            size = os.fstat(self._stream.fileno()).st_size  # the other workers' lines included
+            if size and size + len(line.encode()) > self.settings.max_bytes:
+                self._rotate()
+            self._stream.write(line)
+            self._stream.flush()
+        finally:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        if self._logger is not None:
-            for handler in list(self._logger.handlers):
-                handler.close()
-                self._logger.removeHandler(handler)
-            self._logger = None
+        for handle in (self._stream, self._lock):
+            if handle is not None:
+                handle.close()
+        self._stream = self._lock = None
+
+    def _open(self) -> TextIO:
+        assert self.settings.path is not None
+        return open(self.settings.path, "a", encoding="utf-8")
+
+    def _rotated_elsewhere(self) -> bool:
+        assert self._stream is not None and self.settings.path is not None
+        try:
+            return os.stat(self.settings.path).st_ino != os.fstat(self._stream.fileno()).st_ino
+        except FileNotFoundError:
+            return True
+
+    def _rotate(self) -> None:
+        """audit.log -> audit.log.1 -> ... -> audit.log.N (the oldest is dropped), then a fresh audit.log."""
+        assert self._stream is not None and self.settings.path is not None
+        self._stream.close()
+        path = self.settings.path
+        if self.settings.backups > 0:
+            for number in range(self.settings.backups - 1, 0, -1):
+                older = path.with_name(f"{path.name}.{number}")
+                if older.exists():
+                    older.replace(path.with_name(f"{path.name}.{number + 1}"))
+            path.replace(path.with_name(f"{path.name}.1"))
+        else:
+            path.unlink(missing_ok=True)
+        self._stream = self._open()
 
 
 def audit_record(
