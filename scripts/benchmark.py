@@ -341,15 +341,24 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
         cases = [(size, "ImageUser", {"DFD_IMAGE_SIZES": size}) for size in IMAGE_SIZES]
         cases.append(("video", "VideoUser", {"DFD_VIDEOS": "carphone"}))
         for name, user_class, env in cases:
-            # A video request already holds a dozen frames: fewer users keep its latency inside the run.
-            count = users if name != "video" else max(2, users // 4)
+            # A video request holds a dozen frames: half the users still keep a full batch queued for every
+            # worker (fewer let one worker take them all while the other idles), and twice the run time
+            # holds several of those long batches.
+            video = name == "video"
             summary = run_locust(instance.inference_url, token, run_dir / "locust" / name, user_class,
-                                 count, run_time, extra_env=env)
+                                 max(2, users // 2) if video else users,
+                                 f"{2 * _seconds(run_time)}s" if video else run_time, extra_env=env)
             results[name] = summary.as_dict()
             print(f"  {label} {name:>6}: {summary.line()}", flush=True)
     finally:
         instance.stop()
     return results
+
+
+def _seconds(run_time: str) -> int:
+    """Locust's run time ("30s", "2m", "1h") in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    return int(run_time[:-1]) * units[run_time[-1]] if run_time[-1] in units else int(run_time)
 
 
 def sweep_configs(quick: bool) -> list[dict[str, Any]]:
