@@ -14,7 +14,8 @@ Parts, all on the untrained seeded weights that `make mar` packs (speed does not
     480p, 1080p and 4K and on the real face video, in batches of the served ``batchSize``, against a plain
     reference (Pillow decode, facenet-pytorch MTCNN with its defaults on a copy downscaled to 640 px, eager
     fp32 NCHW forward at batch 1), plus the faces each finds and the cost of video strides 1 and 10; without
-    --quick also with the other forward runtime;
+    --quick also with the other forward runtime. Sizes, reference and runtimes are timed in turns, one
+    sample of each per round (median of the rounds), so that drift of the machine's speed shifts them alike;
 (c) the same inputs served by a private TorchServe (an archive built by build_mar.build_archive from
     config/model-config.yaml) at saturation, driven by Locust.
 
@@ -96,11 +97,27 @@ class Results:
 
 def median_timing(run: Callable[[], dict[str, float]], items: int, repeats: int) -> Timing:
     """Run ``repeats`` times (after one warm-up); ``run`` returns seconds by stage for ``items`` items."""
-    run()
-    samples = [run() for _ in range(repeats)]
-    stages = {stage: 1000 * statistics.median(s[stage] for s in samples) / items for stage in samples[0]}
-    totals = [1000 * sum(s.values()) / items for s in samples]
-    return Timing(stages, statistics.median(totals))
+    return interleaved_timings({"run": (run, items)}, repeats)["run"]
+
+
+def interleaved_timings(runs: dict[str, tuple[Callable[[], dict[str, float]], int]], repeats: int) -> dict[str, Timing]:
+    """Median timings of several measurements taken in turns, one sample of each per round.
+
+    Measurements that are compared with each other (480p against 4K, ours against the reference) share every
+    round, so a machine whose speed drifts during the run (other tenants, heat) shifts them all alike.
+    """
+    for run, _ in runs.values():
+        run()
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (run, _) in runs.items():
+            samples[name].append(run())
+    timings = {}
+    for name, (_, items) in runs.items():
+        taken = samples[name]
+        stages = {stage: 1000 * statistics.median(s[stage] for s in taken) / items for stage in taken[0]}
+        timings[name] = Timing(stages, statistics.median(1000 * sum(s.values()) / items for s in taken))
+    return timings
 
 
 # ---------------------------------------------------------------- the straightforward reference
@@ -145,6 +162,14 @@ class ReferencePipeline:
                 images = normalize(torch.from_numpy(crop[None]), self.config.mean, self.config.std).contiguous()
                 probabilities.append(float(self.model.fake_probability(self.model(images))[0]))
         return probabilities
+
+    def timed_batch(self, bodies: list[bytes]) -> dict[str, float]:
+        """Seconds by stage for the bodies one after another, as the reference serves them."""
+        total: dict[str, float] = {}
+        for body in bodies:
+            for stage, seconds in self.timed(body).items():
+                total[stage] = total.get(stage, 0.0) + seconds
+        return total
 
     def timed(self, body: bytes) -> dict[str, float]:
         seconds: dict[str, float] = {}
@@ -230,20 +255,24 @@ def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, me
                    repeats: int, alternative: DetectionPipeline | None = None) -> dict[str, dict[str, Any]]:
     """``alternative``: the same pipeline with the other forward runtime, timed on the photos for comparison."""
     inputs = {size: [p.read_bytes() for p in media.photos_of_size(size)] for size in IMAGE_SIZES}
-    results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, tuple[Callable[[], dict[str, float]], int]] = {}
     for size, bodies in inputs.items():
         batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
-        ours = median_timing(lambda b=batch_bodies: pipeline.score_batch(b).stage_seconds, batch, repeats)
-        turns = iter(range(10**9))
-        base = median_timing(lambda b=bodies, t=turns: reference.timed(b[next(t) % len(b)]), 1,
-                             max(repeats, len(bodies)) * 2)
+        runs[f"{size} ours"] = (lambda b=batch_bodies: pipeline.score_batch(b).stage_seconds, batch)
+        runs[f"{size} reference"] = (lambda b=batch_bodies: reference.timed_batch(b), batch)
+        if alternative is not None:
+            runs[f"{size} other"] = (lambda b=batch_bodies: alternative.score_batch(b).stage_seconds, batch)
+    timings = interleaved_timings(runs, repeats)
+    results: dict[str, dict[str, Any]] = {}
+    for size in inputs:
+        ours, base = timings[f"{size} ours"], timings[f"{size} reference"]
         results[size] = {"kind": "image", "pipeline": ours.__dict__ | {"per_s": ours.per_second},
                          "reference": base.__dict__ | {"per_s": base.per_second},
                          "speedup": ours.per_second / base.per_second}
         print(f"  {size:>6}: pipeline {ours.ms_per_item:6.1f} ms/img {_stages(ours)}; reference "
               f"{base.ms_per_item:6.1f} ms/img {_stages(base)}; x{ours.per_second / base.per_second:.2f}", flush=True)
         if alternative is not None:
-            other = median_timing(lambda b=batch_bodies: alternative.score_batch(b).stage_seconds, batch, repeats)
+            other = timings[f"{size} other"]
             results[size]["pipeline_other_forward"] = other.__dict__ | {"per_s": other.per_second}
             print(f"          same pipeline, {alternative.settings.forward} forward: {other.ms_per_item:6.1f} ms/img "
                   f"{_stages(other)}", flush=True)
