@@ -163,5 +163,5 @@ def test_a_4k_jpeg_finds_the_same_face_as_at_full_resolution(weights_file, media
     full = DetectionPipeline.from_weights(weights_file, PipelineSettings(reduced_jpeg_decode=False)).score(body)
     assert reduced["media"]["width"] == full["media"]["width"] == 1843
     assert len(reduced["faces"]) == len(full["faces"]) == 1
-    # Within a few pixels of the 640 px copy faces are searched on (1 px there is 3.4 px here).
-    assert np.abs(np.subtract(reduced["faces"][0]["box"], full["faces"][0]["box"])).max() < 4 * 3.4
+    # Within a few pixels of the 480 px copy faces are searched on (1 px there is 4.5 px here).
+    assert np.abs(np.subtract(reduced["faces"][0]["box"], full["faces"][0]["box"])).max() < 4 * 4.5
