@@ -255,6 +255,7 @@ def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, me
                    repeats: int, alternative: DetectionPipeline | None = None) -> dict[str, dict[str, Any]]:
     """``alternative``: the same pipeline with the other forward runtime, timed on the photos for comparison."""
     inputs = {size: [p.read_bytes() for p in media.photos_of_size(size)] for size in IMAGE_SIZES}
+    reduced = variant(pipeline, reduced_jpeg_decode=not pipeline.settings.reduced_jpeg_decode)
     runs: dict[str, tuple[Callable[[], dict[str, float]], int]] = {}
     for size, bodies in inputs.items():
         batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
@@ -262,6 +263,7 @@ def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, me
         runs[f"{size} reference"] = (lambda b=batch_bodies: reference.timed_batch(b), batch)
         if alternative is not None:
             runs[f"{size} other"] = (lambda b=batch_bodies: alternative.score_batch(b).stage_seconds, batch)
+            runs[f"{size} reduced"] = (lambda b=batch_bodies: reduced.score_batch(b).stage_seconds, batch)
     timings = interleaved_timings(runs, repeats)
     results: dict[str, dict[str, Any]] = {}
     for size in inputs:
@@ -274,6 +276,8 @@ def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, me
         if alternative is not None:
             other = timings[f"{size} other"]
             results[size]["pipeline_other_forward"] = other.__dict__ | {"per_s": other.per_second}
+            flipped = timings[f"{size} reduced"]
+            results[size]["pipeline_other_jpeg_decode"] = flipped.__dict__ | {"per_s": flipped.per_second}
             print(f"          same pipeline, {alternative.settings.forward} forward: {other.ms_per_item:6.1f} ms/img "
                   f"{_stages(other)}", flush=True)
     video = media.videos["carphone"].read_bytes()
@@ -320,10 +324,10 @@ def compare_quality(pipeline: DetectionPipeline, reference: ReferencePipeline, m
 
 def compare_reduced_decode(pipeline: DetectionPipeline, bodies: dict[str, bytes]) -> dict[str, Any]:
     """End to end, reduced JPEG decoding against full-resolution decoding: faces, boxes, fake probabilities."""
-    full = variant(pipeline, reduced_jpeg_decode=False)
+    reduced, full = variant(pipeline, reduced_jpeg_decode=True), variant(pipeline, reduced_jpeg_decode=False)
     worst_box, worst_prob, mismatches = 0.0, 0.0, []
     for label, body in bodies.items():
-        ours, theirs = pipeline.score(body), full.score(body)
+        ours, theirs = reduced.score(body), full.score(body)
         if len(ours["faces"]) != len(theirs["faces"]):
             mismatches.append(f"{label}: {len(ours['faces'])} faces vs {len(theirs['faces'])} at full resolution")
             continue
@@ -450,6 +454,15 @@ def markdown(results: Results, command: str) -> str:
               f"reference searches from 20 px faces, the pipeline from min_face_size); largest fake-probability "
               f"difference from eager fp32 on the same crops {quality['max_prob_diff']:.1e}; carphone frames with "
               f"a face {quality['video_frames_with_face']}."]
+    flipped = {name: row["pipeline_other_jpeg_decode"] for name, row in results.pipeline.items()
+               if "pipeline_other_jpeg_decode" in row}
+    if flipped:
+        base = flipped["480p"]["ms_per_item"]
+        switched = "off" if (settings.get("handler") or {}).get("reduced_jpeg_decode") else "on"
+        lines += ["", f"The same pipeline with `reduced_jpeg_decode` {switched}: "
+                  + ", ".join(f"{name} {row['per_s']:.2f}/s" for name, row in flipped.items())
+                  + f"; cost 1080p / 480p {flipped['1080p']['ms_per_item'] / base:.2f}, 4K / 480p "
+                  f"{flipped['4k']['ms_per_item'] / base:.2f}."]
     reduced = quality.get("reduced_jpeg_decode")
     if reduced:
         lines += ["", f"Reduced JPEG decoding against full-resolution decoding, end to end on the same photos: same "

@@ -14,6 +14,7 @@ from media_encodings import image_bytes, load_rgb, png_header_only, read_video_f
 from PIL import Image
 
 SETTINGS = PipelineSettings()
+REDUCED = PipelineSettings(reduced_jpeg_decode=True)
 
 
 @pytest.fixture(scope="module")
@@ -177,18 +178,18 @@ def astronaut_4k(astronaut) -> np.ndarray:
 
 
 def test_a_4k_jpeg_is_decoded_at_a_reduced_scale_and_reports_its_full_size(astronaut_4k):
-    settings = PipelineSettings(detect_max_side=640)
+    settings = REDUCED.replace(detect_max_side=640)
     decoded = decode_media(image_bytes(astronaut_4k, "JPEG", quality=90), settings)
     assert (decoded.width, decoded.height) == (3840, 2160)
     assert decoded.reduction == 4 and decoded.frames[0].shape == (540, 960, 3)
     # Never smaller than the copy faces are searched on, so detection sees the same pixels as at full size.
     assert max(decoded.frames[0].shape[:2]) >= settings.detect_max_side
-    assert decode_media(image_bytes(astronaut_4k, "JPEG"), SETTINGS).reduction == 8  # 480 px: 3840 / 8
+    assert decode_media(image_bytes(astronaut_4k, "JPEG"), REDUCED).reduction == 8  # 480 px: 3840 / 8
     assert media_module.jpeg_reduction(1920, 1080, 640) == 2 and media_module.jpeg_reduction(854, 480, 640) == 1
 
 
-def test_reduced_decoding_can_be_switched_off(astronaut_4k):
-    decoded = decode_media(image_bytes(astronaut_4k, "JPEG"), PipelineSettings(reduced_jpeg_decode=False))
+def test_jpegs_decode_at_full_resolution_by_default(astronaut_4k):
+    decoded = decode_media(image_bytes(astronaut_4k, "JPEG"), SETTINGS)
     assert decoded.reduction == 1 and decoded.frames[0].shape == (2160, 3840, 3)
 
 
@@ -197,8 +198,8 @@ def test_crops_keep_full_detail_at_any_face_size(astronaut_4k, side, finer_decod
     """The 4K JPEG is decoded at 1/8. A 2000 px region (250 px there) is cut from that decode; a 1200 px one
     (150 px at 1/8) from a decode at 1/4; a 300 px one from the full-resolution decode."""
     body = image_bytes(astronaut_4k, "JPEG", quality=90)
-    reduced = decode_media(body, SETTINGS)
-    full = decode_media(body, PipelineSettings(reduced_jpeg_decode=False))
+    reduced = decode_media(body, REDUCED)
+    full = decode_media(body, SETTINGS)
     assert reduced.reduction == 8
     region = (1000, 100, 1000 + side, 100 + side)
     crop = reduced.crop(0, region, 224)
@@ -211,7 +212,7 @@ def test_crops_keep_full_detail_at_any_face_size(astronaut_4k, side, finer_decod
 
 
 def test_exif_rotation_of_a_reduced_jpeg_swaps_the_full_size(astronaut_4k):
-    settings = PipelineSettings(detect_max_side=640)
+    settings = REDUCED.replace(detect_max_side=640)
     image = Image.fromarray(astronaut_4k)
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
