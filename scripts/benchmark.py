@@ -253,17 +253,20 @@ def onnx_forward_for(model: DeepfakeDetector, folder: Path, threads: int) -> Onn
 
 def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, media: LoadMedia, batch: int,
                    repeats: int, alternative: DetectionPipeline | None = None) -> dict[str, dict[str, Any]]:
-    """``alternative``: the same pipeline with the other forward runtime, timed on the photos for comparison."""
+    """``alternative``: the same pipeline with the other forward runtime; when given, the photos are also timed
+    with it and with the other JPEG decoding (``reduced_jpeg_decode`` flipped), for comparison."""
     inputs = {size: [p.read_bytes() for p in media.photos_of_size(size)] for size in IMAGE_SIZES}
-    reduced = variant(pipeline, reduced_jpeg_decode=not pipeline.settings.reduced_jpeg_decode)
+    flipped_decode = None
+    if alternative is not None:
+        flipped_decode = variant(pipeline, reduced_jpeg_decode=not pipeline.settings.reduced_jpeg_decode)
     runs: dict[str, tuple[Callable[[], dict[str, float]], int]] = {}
     for size, bodies in inputs.items():
         batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
         runs[f"{size} ours"] = (lambda b=batch_bodies: pipeline.score_batch(b).stage_seconds, batch)
         runs[f"{size} reference"] = (lambda b=batch_bodies: reference.timed_batch(b), batch)
-        if alternative is not None:
-            runs[f"{size} other"] = (lambda b=batch_bodies: alternative.score_batch(b).stage_seconds, batch)
-            runs[f"{size} reduced"] = (lambda b=batch_bodies: reduced.score_batch(b).stage_seconds, batch)
+        if alternative is not None and flipped_decode is not None:
+            runs[f"{size} other forward"] = (lambda b=batch_bodies: alternative.score_batch(b).stage_seconds, batch)
+            runs[f"{size} other decode"] = (lambda b=batch_bodies: flipped_decode.score_batch(b).stage_seconds, batch)
     timings = interleaved_timings(runs, repeats)
     results: dict[str, dict[str, Any]] = {}
     for size in inputs:
@@ -274,9 +277,9 @@ def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, me
         print(f"  {size:>6}: pipeline {ours.ms_per_item:6.1f} ms/img {_stages(ours)}; reference "
               f"{base.ms_per_item:6.1f} ms/img {_stages(base)}; x{ours.per_second / base.per_second:.2f}", flush=True)
         if alternative is not None:
-            other = timings[f"{size} other"]
+            other = timings[f"{size} other forward"]
             results[size]["pipeline_other_forward"] = other.__dict__ | {"per_s": other.per_second}
-            flipped = timings[f"{size} reduced"]
+            flipped = timings[f"{size} other decode"]
             results[size]["pipeline_other_jpeg_decode"] = flipped.__dict__ | {"per_s": flipped.per_second}
             print(f"          same pipeline, {alternative.settings.forward} forward: {other.ms_per_item:6.1f} ms/img "
                   f"{_stages(other)}", flush=True)
@@ -339,9 +342,12 @@ def compare_reduced_decode(pipeline: DetectionPipeline, bodies: dict[str, bytes]
 
 
 def variant(pipeline: DetectionPipeline, **changes: Any) -> DetectionPipeline:
-    """The same network and forward runtime with other settings."""
+    """The same network and forward runtime with other settings (``pipeline`` itself when nothing changes)."""
+    settings = pipeline.settings.replace(**changes)
+    if settings == pipeline.settings:
+        return pipeline
     onnx_file = pipeline.onnx_forward.path if pipeline.onnx_forward is not None else None
-    return DetectionPipeline(pipeline.model, pipeline.settings.replace(**changes), onnx_file=onnx_file)
+    return DetectionPipeline(pipeline.model, settings, onnx_file=onnx_file)
 
 
 def bench_video_stride(pipeline: DetectionPipeline, media: LoadMedia, repeats: int) -> dict[str, Any]:

@@ -6,10 +6,10 @@ sequentially and only every ``frame_stride``-th frame is converted to pixels (``
 up to ``max_frames`` sampled frames; the rest of the file is never decoded. Every limit is checked before
 the expensive step it protects, and every failure is an :class:`InputError` with its own status.
 
-A large JPEG is decoded at the coarsest DCT scale (1/2, 1/4 or 1/8) that still holds the copy faces are
-searched on: libjpeg then skips most of the inverse transform, which is most of a 4K photo's decoding
-time. Crops never lose resolution for it: :meth:`DecodedMedia.crop` cuts a face from a finer decode of
-the same JPEG whenever the coarse one has fewer pixels across the face than the network's input.
+With ``reduced_jpeg_decode`` (off by default), a large JPEG is decoded at the coarsest DCT scale (1/2, 1/4
+or 1/8) that still holds the copy faces are searched on: libjpeg then skips most of the inverse transform,
+which is most of a 4K photo's decoding time. :meth:`DecodedMedia.crop` then cuts a face from a finer decode
+of the same JPEG whenever the coarse one has fewer pixels across the face than the network's input.
 """
 
 from __future__ import annotations
@@ -139,7 +139,8 @@ def decode_media(body: bytes, settings: PipelineSettings) -> DecodedMedia:
 def decode_image(body: bytes, fmt: str, settings: PipelineSettings) -> DecodedMedia:
     """Decode an image to RGB, honouring EXIF orientation; animated images use their first frame.
 
-    A JPEG larger than the face-search copy is decoded at a reduced DCT scale (module docstring).
+    With ``reduced_jpeg_decode``, a JPEG larger than the face-search copy is decoded at a reduced DCT scale
+    (module docstring); ``width`` and ``height`` stay the full, upright size.
     """
     try:
         with Image.open(io.BytesIO(body)) as image:
@@ -149,7 +150,7 @@ def decode_image(body: bytes, fmt: str, settings: PipelineSettings) -> DecodedMe
             reduction = 1
             if fmt == "jpeg" and settings.reduced_jpeg_decode:
                 reduction = jpeg_reduction(width, height, settings.detect_max_side)
-            if image.getexif().get(ExifTags.Base.Orientation, 1) in _AXES_SWAPPING_ORIENTATIONS:
+            if reduction > 1 and image.getexif().get(ExifTags.Base.Orientation, 1) in _AXES_SWAPPING_ORIENTATIONS:
                 width, height = height, width
             rgb = _decode_pixels(image, reduction)
     except InputError:
@@ -159,9 +160,9 @@ def decode_image(body: bytes, fmt: str, settings: PipelineSettings) -> DecodedMe
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise InputError("corrupt_media", f"the {fmt} image could not be decoded: {error}", 422) from error
     if reduction == 1:
-        height, width = rgb.shape[:2]
-        return DecodedMedia("image", fmt, width, height, [rgb], [0])
-    return DecodedMedia("image", fmt, width, height, [rgb], [0], reduction=reduction, source=body)
+        height, width = rgb.shape[:2]  # upright: EXIF rotation applied
+    return DecodedMedia("image", fmt, width, height, [rgb], [0], reduction=reduction,
+                        source=body if reduction > 1 else None)
 
 
 def jpeg_reduction(width: int, height: int, detect_max_side: int) -> int:
