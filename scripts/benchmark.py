@@ -254,19 +254,15 @@ def onnx_forward_for(model: DeepfakeDetector, folder: Path, threads: int) -> Onn
 def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, media: LoadMedia, batch: int,
                    repeats: int, alternative: DetectionPipeline | None = None) -> dict[str, dict[str, Any]]:
     """``alternative``: the same pipeline with the other forward runtime; when given, the photos are also timed
-    with it and with the other JPEG decoding (``reduced_jpeg_decode`` flipped), for comparison."""
+    with it, for comparison."""
     inputs = {size: [p.read_bytes() for p in media.photos_of_size(size)] for size in IMAGE_SIZES}
-    flipped_decode = None
-    if alternative is not None:
-        flipped_decode = variant(pipeline, reduced_jpeg_decode=not pipeline.settings.reduced_jpeg_decode)
     runs: dict[str, tuple[Callable[[], dict[str, float]], int]] = {}
     for size, bodies in inputs.items():
         batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
         runs[f"{size} ours"] = (lambda b=batch_bodies: pipeline.score_batch(b).stage_seconds, batch)
         runs[f"{size} reference"] = (lambda b=batch_bodies: reference.timed_batch(b), batch)
-        if alternative is not None and flipped_decode is not None:
+        if alternative is not None:
             runs[f"{size} other forward"] = (lambda b=batch_bodies: alternative.score_batch(b).stage_seconds, batch)
-            runs[f"{size} other decode"] = (lambda b=batch_bodies: flipped_decode.score_batch(b).stage_seconds, batch)
     timings = interleaved_timings(runs, repeats)
     results: dict[str, dict[str, Any]] = {}
     for size in inputs:
@@ -279,8 +275,6 @@ def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, me
         if alternative is not None:
             other = timings[f"{size} other forward"]
             results[size]["pipeline_other_forward"] = other.__dict__ | {"per_s": other.per_second}
-            flipped = timings[f"{size} other decode"]
-            results[size]["pipeline_other_jpeg_decode"] = flipped.__dict__ | {"per_s": flipped.per_second}
             print(f"          same pipeline, {alternative.settings.forward} forward: {other.ms_per_item:6.1f} ms/img "
                   f"{_stages(other)}", flush=True)
     video = media.videos["carphone"].read_bytes()
@@ -321,24 +315,7 @@ def compare_quality(pipeline: DetectionPipeline, reference: ReferencePipeline, m
     video = pipeline.score(media.videos["carphone"].read_bytes())
     video_faces = sum(frame["face_detected"] for frame in video["frames"])
     return {"max_box_diff_px": worst_box, "max_prob_diff": worst_prob, "mismatches": mismatches,
-            "video_frames_with_face": f"{video_faces}/{len(video['frames'])}",
-            "reduced_jpeg_decode": compare_reduced_decode(pipeline, bodies)}
-
-
-def compare_reduced_decode(pipeline: DetectionPipeline, bodies: dict[str, bytes]) -> dict[str, Any]:
-    """End to end, reduced JPEG decoding against full-resolution decoding: faces, boxes, fake probabilities."""
-    reduced, full = variant(pipeline, reduced_jpeg_decode=True), variant(pipeline, reduced_jpeg_decode=False)
-    worst_box, worst_prob, mismatches = 0.0, 0.0, []
-    for label, body in bodies.items():
-        ours, theirs = reduced.score(body), full.score(body)
-        if len(ours["faces"]) != len(theirs["faces"]):
-            mismatches.append(f"{label}: {len(ours['faces'])} faces vs {len(theirs['faces'])} at full resolution")
-            continue
-        to_copy = min(1.0, REFERENCE_DETECT_SIDE / max(ours["media"]["width"], ours["media"]["height"]))
-        for face, other in zip(ours["faces"], theirs["faces"]):
-            worst_box = max(worst_box, to_copy * max(abs(a - b) for a, b in zip(face["box"], other["box"])))
-        worst_prob = max(worst_prob, abs(ours["fake_probability"] - theirs["fake_probability"]))
-    return {"max_box_diff_px": worst_box, "max_prob_diff": worst_prob, "mismatches": mismatches}
+            "video_frames_with_face": f"{video_faces}/{len(video['frames'])}"}
 
 
 def variant(pipeline: DetectionPipeline, **changes: Any) -> DetectionPipeline:
@@ -460,20 +437,6 @@ def markdown(results: Results, command: str) -> str:
               f"reference searches from 20 px faces, the pipeline from min_face_size); largest fake-probability "
               f"difference from eager fp32 on the same crops {quality['max_prob_diff']:.1e}; carphone frames with "
               f"a face {quality['video_frames_with_face']}."]
-    flipped = {name: row["pipeline_other_jpeg_decode"] for name, row in results.pipeline.items()
-               if "pipeline_other_jpeg_decode" in row}
-    if flipped:
-        base = flipped["480p"]["ms_per_item"]
-        switched = "off" if (settings.get("handler") or {}).get("reduced_jpeg_decode") else "on"
-        lines += ["", f"The same pipeline with `reduced_jpeg_decode` {switched}: "
-                  + ", ".join(f"{name} {row['per_s']:.2f}/s" for name, row in flipped.items())
-                  + f"; cost 1080p / 480p {flipped['1080p']['ms_per_item'] / base:.2f}, 4K / 480p "
-                  f"{flipped['4k']['ms_per_item'] / base:.2f}."]
-    reduced = quality.get("reduced_jpeg_decode")
-    if reduced:
-        lines += ["", f"Reduced JPEG decoding against full-resolution decoding, end to end on the same photos: same "
-                  f"faces: {not reduced['mismatches']}; largest box difference {reduced['max_box_diff_px']:.1f} px "
-                  f"of the 640 px detection copy; largest fake-probability difference {reduced['max_prob_diff']:.1e}."]
     if results.sweep:
         lines += ["", "| batchSize | maxBatchDelay ms | workers x threads | forward | 1080p served /s | p50 / p95 ms |",
                   "|---|---|---|---|---|---|"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from deepfake_detector import PipelineSettings
 from deepfake_detector.faces import FaceDetector
-from deepfake_detector.transforms import center_region, face_region
+from deepfake_detector.transforms import center_region, detection_size, face_region, shrink
 from media_encodings import load_rgb
 
 # Hand-labelled on the images themselves: the two eyes' centres and the mouth's centre, and a face box.
@@ -92,3 +92,19 @@ def test_face_region_is_a_square_inside_the_image():
 def test_center_region_is_the_largest_centred_square():
     assert center_region(451, 300) == (75, 0, 375, 300)
     assert center_region(300, 500) == (0, 100, 300, 400)
+
+
+@pytest.mark.parametrize("size", [(3840, 2160), (1843, 2160), (1080, 1080), (700, 640)])
+def test_shrink_is_an_area_filter(media, size):
+    """The detection copy comes from ``shrink``: a one-step area resize to within 2 grey levels on average
+    (exactly that for a whole factor or one below 2), whatever the factor, partial blocks at the edges included."""
+    photo = cv2.resize(load_rgb(media.grace_hopper), size, interpolation=cv2.INTER_CUBIC)
+    width, height = detection_size(*size, 480)
+    shrunk = shrink(photo, width, height)
+    one_step = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)
+    assert shrunk.shape == one_step.shape == (height, width, 3)
+    difference = np.abs(shrunk.astype(int) - one_step.astype(int))
+    if max(size[0] / width, size[1] / height) < 2:
+        assert difference.max() == 0
+    else:
+        assert difference.mean() < 2 and np.percentile(difference, 99) <= 20

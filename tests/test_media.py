@@ -11,10 +11,9 @@ from deepfake_detector import InputError, PipelineSettings
 from deepfake_detector import media as media_module
 from deepfake_detector.media import decode_media, sniff_format
 from media_encodings import image_bytes, load_rgb, png_header_only, read_video_frames, video_bytes
-from PIL import Image
+from PIL import Image, ImageOps
 
 SETTINGS = PipelineSettings()
-REDUCED = PipelineSettings(reduced_jpeg_decode=True)
 
 
 @pytest.fixture(scope="module")
@@ -177,47 +176,32 @@ def astronaut_4k(astronaut) -> np.ndarray:
     return canvas
 
 
-def test_a_4k_jpeg_is_decoded_at_a_reduced_scale_and_reports_its_full_size(astronaut_4k):
-    settings = REDUCED.replace(detect_max_side=640)
-    decoded = decode_media(image_bytes(astronaut_4k, "JPEG", quality=90), settings)
-    assert (decoded.width, decoded.height) == (3840, 2160)
-    assert decoded.reduction == 4 and decoded.frames[0].shape == (540, 960, 3)
-    # Never smaller than the copy faces are searched on, so detection sees the same pixels as at full size.
-    assert max(decoded.frames[0].shape[:2]) >= settings.detect_max_side
-    assert decode_media(image_bytes(astronaut_4k, "JPEG"), REDUCED).reduction == 8  # 480 px: 3840 / 8
-    assert media_module.jpeg_reduction(1920, 1080, 640) == 2 and media_module.jpeg_reduction(854, 480, 640) == 1
-
-
-def test_jpegs_decode_at_full_resolution_by_default(astronaut_4k):
+def test_a_4k_jpeg_is_decoded_at_full_resolution(astronaut_4k):
     decoded = decode_media(image_bytes(astronaut_4k, "JPEG"), SETTINGS)
-    assert decoded.reduction == 1 and decoded.frames[0].shape == (2160, 3840, 3)
+    assert decoded.size == (3840, 2160) and decoded.frames[0].shape == (2160, 3840, 3)
 
 
-@pytest.mark.parametrize(("side", "finer_decodes"), [(2000, []), (1200, [4]), (300, [1])])
-def test_crops_keep_full_detail_at_any_face_size(astronaut_4k, side, finer_decodes):
-    """The 4K JPEG is decoded at 1/8. A 2000 px region (250 px there) is cut from that decode; a 1200 px one
-    (150 px at 1/8) from a decode at 1/4; a 300 px one from the full-resolution decode."""
-    body = image_bytes(astronaut_4k, "JPEG", quality=90)
-    reduced = decode_media(body, REDUCED)
-    full = decode_media(body, SETTINGS)
-    assert reduced.reduction == 8
-    region = (1000, 100, 1000 + side, 100 + side)
-    crop = reduced.crop(0, region, 224)
-    expected = full.crop(0, region, 224)
-    assert crop.shape == (224, 224, 3)
-    # Never fewer than 224 source pixels across: only the anti-aliasing filter differs (libjpeg's DCT scaling,
-    # then area), by a few grey levels on average (4.5 at most here, at 1/8).
-    assert np.abs(crop.astype(int) - expected.astype(int)).mean() < 5.0
-    assert sorted(reduced._finer) == finer_decodes
+def pillow_rgb(body: bytes) -> np.ndarray:
+    """What Pillow alone makes of an image: the pixels every decoder here must reproduce."""
+    with Image.open(io.BytesIO(body)) as image:
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
-def test_exif_rotation_of_a_reduced_jpeg_swaps_the_full_size(astronaut_4k):
-    settings = REDUCED.replace(detect_max_side=640)
-    image = Image.fromarray(astronaut_4k)
-    exif = image.getexif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", exif=exif)
-    decoded = decode_media(buffer.getvalue(), settings)
-    assert (decoded.width, decoded.height) == (2160, 3840)
-    assert decoded.frames[0].shape == (960, 540, 3)
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpegs_decode_to_pillows_exact_pixels_in_every_exif_orientation(media, orientation):
+    """Colour JPEGs go through OpenCV's decoder, which must turn them exactly as Pillow's exif_transpose."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = image_bytes(load_rgb(media.grace_hopper), "JPEG", quality=90, exif=exif.tobytes())
+    np.testing.assert_array_equal(decode_media(body, SETTINGS).frames[0], pillow_rgb(body))
+
+
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [("L", {}), ("CMYK", {}), ("RGB", {"progressive": True}), ("RGB", {"subsampling": 0}),
+     ("RGB", {"subsampling": 1})],
+    ids=["grey", "cmyk", "progressive", "4:4:4", "4:2:2"],
+)
+def test_every_kind_of_jpeg_decodes_to_pillows_exact_pixels(astronaut, mode, options):
+    body = image_bytes(astronaut, "JPEG", mode, quality=90, **options)
+    np.testing.assert_array_equal(decode_media(body, SETTINGS).frames[0], pillow_rgb(body))

@@ -88,11 +88,6 @@ class PipelineSettings:
     MTCNN's cost grows with the copy's pixels (every pyramid level is resampled from it): 480 px, the size of a
     480p photo, makes a 1080p or 4K photo cost what a 480p one costs, and still finds faces from 24 px there
     (5% of the long side)."""
-    reduced_jpeg_decode: bool = False
-    """Opt-in speed: a JPEG larger than the face-search copy is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
-    scaling, about a third of the time for a 4K photo); crops keep at least the network's input resolution
-    across the face, from a finer decode when needed. Off by default: the DCT filter is not the area filter,
-    and a detector trained elsewhere on full decodes can move by a tenth in fake probability (README)."""
     min_face_size: int = 24
     """Smallest face searched for, in pixels of the downscaled copy."""
     min_face_fraction: float = 0.05

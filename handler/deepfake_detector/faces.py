@@ -63,14 +63,8 @@ class FaceDetector:
         relative = round(self.settings.min_face_fraction * min(width, height))
         return max(self.settings.min_face_size, relative)
 
-    def detect(
-        self, frames: list[np.ndarray], full_sizes: list[tuple[int, int]] | None = None
-    ) -> list[list[Face]]:
-        """Faces for each RGB uint8 frame, in the same order.
-
-        Boxes are in pixels of ``full_sizes[i]`` (width, height) when given, the full resolution of a frame
-        that was decoded smaller, and otherwise in the frame's own pixels.
-        """
+    def detect(self, frames: list[np.ndarray]) -> list[list[Face]]:
+        """Faces for each RGB uint8 frame, in the same order, boxes in the frame's own pixels."""
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for position, frame in enumerate(frames):
             height, width = frame.shape[:2]
@@ -86,8 +80,6 @@ class FaceDetector:
                     boxes, probabilities = self.mtcnn.detect(batch)
             for position, frame_boxes, frame_probs in zip(positions, boxes, probabilities):
                 height, width = frames[position].shape[:2]
-                if full_sizes is not None:
-                    width, height = full_sizes[position]
                 found[position] = self._select(
                     frame_boxes, frame_probs, width / small_w, height / small_h, width, height
                 )

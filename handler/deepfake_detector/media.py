@@ -6,10 +6,10 @@ sequentially and only every ``frame_stride``-th frame is converted to pixels (``
 up to ``max_frames`` sampled frames; the rest of the file is never decoded. Every limit is checked before
 the expensive step it protects, and every failure is an :class:`InputError` with its own status.
 
-With ``reduced_jpeg_decode`` (off by default), a large JPEG is decoded at the coarsest DCT scale (1/2, 1/4
-or 1/8) that still holds the copy faces are searched on: libjpeg then skips most of the inverse transform,
-which is most of a 4K photo's decoding time. :meth:`DecodedMedia.crop` then cuts a face from a finer decode
-of the same JPEG whenever the coarse one has fewer pixels across the face than the network's input.
+Every frame is decoded at full resolution, so a face is cropped from exactly the pixels a full decode gives,
+whatever the size of the photo. Colour and grey JPEGs, the bulk of the traffic, decode through OpenCV's
+libjpeg-turbo straight into an array (Pillow's pixels, a third faster); Pillow reads their header and EXIF
+and decodes everything else.
 """
 
 from __future__ import annotations
@@ -26,25 +26,21 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .config import PipelineSettings
 from .errors import InputError
-from .transforms import Region, crop_and_resize, detection_size, scale_region
+from .transforms import Region, crop_and_resize, detection_size
 
 MediaKind = Literal["image", "video"]
 
 IMAGE_FORMATS = ("jpeg", "png", "webp", "bmp", "gif", "tiff")
 VIDEO_FORMATS = ("mp4", "mov", "avi", "mkv", "webm")
-JPEG_REDUCTIONS = (8, 4, 2)
-_AXES_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
 _LIBJPEG_RGB_MODES = ("RGB", "L")  # YCbCr and grey JPEGs; CMYK and YCCK ones go through Pillow
 _TEMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 @dataclass
 class DecodedMedia:
-    """The frames to score. An image is a one-frame medium whose frame index is 0.
+    """The frames to score, upright RGB at full resolution. An image is a one-frame medium whose frame index is 0.
 
-    ``width`` and ``height`` are the medium's full resolution, the coordinates of every box and region.
-    ``frames`` hold the pixels faces are searched on: full resolution, or a JPEG decoded at
-    1/``reduction`` of it (``source`` keeps the JPEG so that :meth:`crop` can decode it finer).
+    ``width`` and ``height`` are the frames' size, the coordinates of every box and region.
     """
 
     kind: MediaKind
@@ -55,36 +51,14 @@ class DecodedMedia:
     frame_indices: list[int]
     total_frames: int | None = None
     fps: float | None = None
-    reduction: int = 1
-    source: bytes | None = field(default=None, repr=False)
-    _finer: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
-    def full_size(self) -> tuple[int, int]:
+    def size(self) -> tuple[int, int]:
         return self.width, self.height
 
     def crop(self, position: int, region: Region, size: int) -> np.ndarray:
-        """The full-resolution ``region`` of frame ``position`` as a ``size`` x ``size`` uint8 crop.
-
-        It is cut from the coarsest decode that still has at least ``size`` pixels across the region, so a
-        reduced JPEG decode never costs a crop its detail; at ``reduction`` 1 this is ``crop_and_resize``.
-        """
-        reduction = self.reduction
-        while reduction > 1 and (region[2] - region[0]) / reduction < size:
-            reduction //= 2
-        pixels = self.frames[position] if reduction == self.reduction else self._decoded_at(reduction)
-        height, width = pixels.shape[:2]
-        if (width, height) != self.full_size:
-            region = scale_region(region, self.full_size, (width, height))
-        return crop_and_resize(pixels, region, size)
-
-    def _decoded_at(self, reduction: int) -> np.ndarray:
-        if reduction not in self._finer:
-            if self.source is None:
-                raise ValueError("this medium keeps no source to decode at another scale")
-            with Image.open(io.BytesIO(self.source)) as image:
-                self._finer[reduction] = _decode_pixels(image, reduction)
-        return self._finer[reduction]
+        """``region`` of frame ``position`` as a ``size`` x ``size`` uint8 crop: what training and serving score."""
+        return crop_and_resize(self.frames[position], region, size)
 
 
 def sniff_format(head: bytes) -> tuple[MediaKind, str] | None:
@@ -138,44 +112,24 @@ def decode_media(body: bytes, settings: PipelineSettings) -> DecodedMedia:
 
 
 def decode_image(body: bytes, fmt: str, settings: PipelineSettings) -> DecodedMedia:
-    """Decode an image to RGB, honouring EXIF orientation; animated images use their first frame.
-
-    With ``reduced_jpeg_decode``, a JPEG larger than the face-search copy is decoded at a reduced DCT scale
-    (module docstring); ``width`` and ``height`` stay the full, upright size.
-    """
+    """Decode an image to RGB, honouring EXIF orientation; animated images use their first frame."""
     try:
         with Image.open(io.BytesIO(body)) as image:
-            width, height = image.size
-            _check_pixels(width, height, settings.max_image_pixels, "image")
-            _check_searchable(width, height, settings, "image")
-            reduction = 1
-            if fmt == "jpeg" and settings.reduced_jpeg_decode:
-                reduction = jpeg_reduction(width, height, settings.detect_max_side)
-            orientation = image.getexif().get(ExifTags.Base.Orientation, 1) if fmt == "jpeg" else 1
-            if reduction > 1 and orientation in _AXES_SWAPPING_ORIENTATIONS:
-                width, height = height, width
-            if reduction == 1 and fmt == "jpeg" and image.mode in _LIBJPEG_RGB_MODES:
+            _check_pixels(image.width, image.height, settings.max_image_pixels, "image")
+            _check_searchable(image.width, image.height, settings, "image")
+            if fmt == "jpeg" and image.mode in _LIBJPEG_RGB_MODES:
+                orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
                 rgb = _decode_jpeg(body, image.size, orientation)
             else:
-                rgb = _decode_pixels(image, reduction)
+                rgb = _decode_pixels(image)
     except InputError:
         raise
     except Image.DecompressionBombError as error:
         raise InputError("too_many_pixels", str(error), 413) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as error:
         raise InputError("corrupt_media", f"the {fmt} image could not be decoded: {error}", 422) from error
-    if reduction == 1:
-        height, width = rgb.shape[:2]  # upright: EXIF rotation applied
-    return DecodedMedia("image", fmt, width, height, [rgb], [0], reduction=reduction,
-                        source=body if reduction > 1 else None)
-
-
-def jpeg_reduction(width: int, height: int, detect_max_side: int) -> int:
-    """The largest JPEG DCT reduction whose image is still at least as long as the face-search copy."""
-    for reduction in JPEG_REDUCTIONS:
-        if max(width, height) // reduction >= detect_max_side:
-            return reduction
-    return 1
+    height, width = rgb.shape[:2]  # upright: EXIF rotation applied
+    return DecodedMedia("image", fmt, width, height, [rgb], [0])
 
 
 def _decode_jpeg(body: bytes, size: tuple[int, int], orientation: int) -> np.ndarray:
@@ -209,10 +163,8 @@ def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return pixels
 
 
-def _decode_pixels(image: Image.Image, reduction: int) -> np.ndarray:
-    """An opened image's first frame as RGB, upright, decoded at 1/``reduction`` scale where JPEG allows."""
-    if reduction > 1:
-        image.draft(None, (image.width // reduction, image.height // reduction))
+def _decode_pixels(image: Image.Image) -> np.ndarray:
+    """An opened image's first frame as RGB, upright."""
     image.seek(0)
     image.load()
     # In place: a copy of a 4K frame costs as much as a tenth of its decoding.

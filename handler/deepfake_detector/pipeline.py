@@ -108,8 +108,7 @@ class DetectionPipeline:
 
         with _timed(report, "detect"):
             frames = [frame for _, m in media for frame in m.frames]
-            full_sizes = [m.full_size for _, m in media for _ in m.frames]
-            faces_per_frame = iter(self.face_detector.detect(frames, full_sizes) if frames else [])
+            faces_per_frame = iter(self.face_detector.detect(frames) if frames else [])
 
         with _timed(report, "crop"):
             crops: list[_Crop] = []
@@ -159,7 +158,7 @@ class DetectionPipeline:
 
     def _plan_crops(self, request: int, frame: int, m: DecodedMedia, faces: list[Face]) -> Iterator[_Crop]:
         """Where to crop, in full-resolution pixels: around every face, or the centre when there is none."""
-        width, height = m.full_size
+        width, height = m.size
         if not faces:
             yield _Crop(request, frame, None, center_region(width, height))
             return

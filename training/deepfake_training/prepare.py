@@ -115,7 +115,7 @@ def crops_of_frame(
 
     Regions are the server's (full-resolution pixels) and so are the pixels: ``DecodedMedia.crop``.
     """
-    width, height = media.full_size
+    width, height = media.size
     if not faces:
         if options.no_face == "center":
             region = center_region(width, height)
@@ -164,7 +164,7 @@ def prepare(
         rows = []
         for start in range(0, len(media.frames), 32):
             chunk = media.frames[start : start + 32]
-            found = detector.detect(chunk, [media.full_size] * len(chunk))
+            found = detector.detect(chunk)
             for position, faces in enumerate(found, start):
                 index = media.frame_indices[position]
                 for number, crop, box in crops_of_frame(media, position, faces, settings, options):
