@@ -22,11 +22,11 @@ if sys.path[:1] != [_ARCHIVE_DIR]:
     # The archive's own copy of the pipeline must win over any installed one: each version is self-contained.
     sys.path.insert(0, _ARCHIVE_DIR)
 
-import cv2  # noqa: E402
 import torch  # noqa: E402
 from deepfake_detector import DetectionPipeline, InputError, PipelineSettings, file_sha256  # noqa: E402
 from deepfake_detector.audit import AuditLog, AuditSettings, audit_record  # noqa: E402
 from deepfake_detector.drift import VerdictWindow, window_size  # noqa: E402
+from deepfake_detector.process import keep_freed_memory, use_cpu_threads  # noqa: E402
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError  # noqa: E402
 from ts.metrics.metric_type_enum import MetricTypes  # noqa: E402
 
@@ -67,9 +67,8 @@ class DeepfakeDetectorHandler:
         device = _select_device(properties.get("gpu_id"))
         if device.type == "cpu":
             workers = serving_config.get("minWorkers", 1)
-            threads = settings.cpu_threads or _threads_per_worker(workers)
-            torch.set_num_threads(threads)
-            cv2.setNumThreads(threads)  # OpenCV's resizes share the same cores
+            use_cpu_threads(settings.cpu_threads or _threads_per_worker(workers))
+        kept = keep_freed_memory(settings.keep_freed_mb)
         onnx_file = os.path.join(model_dir, ONNX_FILE) if settings.forward == "onnxruntime" else None
         self.pipeline = DetectionPipeline.from_weights(weights, settings, device, version, onnx_file)
         self.verdicts = VerdictWindow(window_size())
@@ -78,8 +77,9 @@ class DeepfakeDetectorHandler:
             logger.info("audit log: %s", self.audit.settings.path)
         info = self.pipeline.model_info
         forward = "onnxruntime" if self.pipeline.onnx_forward is not None else "torch"
-        logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s)",
-                    info["name"], version, device, torch.get_num_threads(), forward)
+        logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s, freed memory kept: %s)",
+                    info["name"], version, device, torch.get_num_threads(), forward,
+                    f"up to {settings.keep_freed_mb} MB" if kept else "no")
         if not info["trained"]:
             logger.warning(
                 "model %s version %s carries UNTRAINED weights (seeded initialisation): its verdicts are "

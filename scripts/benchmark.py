@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -60,6 +61,7 @@ from deepfake_detector import (  # noqa: E402
     save_weights,
 )
 from deepfake_detector.network import DeepfakeDetector, OnnxRuntimeForward  # noqa: E402
+from deepfake_detector.process import keep_freed_memory, use_cpu_threads  # noqa: E402
 from deepfake_detector.transforms import crop_and_resize, face_region, normalize  # noqa: E402
 from make_load_media import LoadMedia, make_load_media  # noqa: E402
 from run_loadtest import run_locust, start_private_server, warm_up  # noqa: E402
@@ -90,6 +92,7 @@ class Results:
     pipeline: dict[str, dict[str, Any]] = field(default_factory=dict)
     quality: dict[str, Any] = field(default_factory=dict)
     video_stride: dict[str, Any] = field(default_factory=dict)
+    freed_memory: dict[str, dict[str, float]] = field(default_factory=dict)
     served: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
@@ -341,6 +344,48 @@ def bench_video_stride(pipeline: DetectionPipeline, media: LoadMedia, repeats: i
             "stride_1_stages_ms": costs[1].stages_ms, "stride_10_stages_ms": costs[10].stages_ms}
 
 
+# Decodes photos in a fresh process with freed memory kept up to argv[1] MB (0: glibc's defaults) and prints,
+# as JSON, the median ms per photo of argv[2] rounds for each size of the {size: [paths]} in argv[3].
+_DECODE_PROBE = """
+import json, statistics, sys, time
+from pathlib import Path
+from deepfake_detector import PipelineSettings
+from deepfake_detector.media import decode_media
+from deepfake_detector.process import keep_freed_memory, use_cpu_threads
+use_cpu_threads(1)
+keep_freed_memory(int(sys.argv[1]))
+settings, medians = PipelineSettings(), {}
+for size, paths in json.loads(sys.argv[3]).items():
+    bodies, rounds = [Path(p).read_bytes() for p in paths], []
+    for round_number in range(int(sys.argv[2]) + 1):
+        started = time.perf_counter()
+        for body in bodies:
+            decode_media(body, settings)
+        if round_number:
+            rounds.append((time.perf_counter() - started) / len(bodies))
+    medians[size] = statistics.median(rounds) * 1e3
+print(json.dumps(medians))
+"""
+
+
+def bench_freed_memory(media: LoadMedia, megabytes: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Decoding the photos in fresh processes, glibc's defaults against freed memory kept, in turns."""
+    photos = json.dumps({size: [str(p) for p in media.photos_of_size(size)] for size in IMAGE_SIZES})
+    samples: dict[int, list[dict[str, float]]] = {0: [], megabytes: []}
+    for _ in range(3):
+        for setting, runs in samples.items():
+            probe = [sys.executable, "-c", _DECODE_PROBE, str(setting), str(4 * repeats), photos]
+            runs.append(json.loads(subprocess.run(probe, check=True, capture_output=True, text=True).stdout))
+    results: dict[str, dict[str, float]] = {}
+    for size in IMAGE_SIZES:
+        default_ms = statistics.median(run[size] for run in samples[0])
+        kept_ms = statistics.median(run[size] for run in samples[megabytes])
+        results[size] = {"glibc_default_ms": default_ms, "kept_ms": kept_ms, "ratio": kept_ms / default_ms}
+        print(f"  decode {size:>5}: glibc defaults {default_ms:5.1f} ms, freed memory kept {kept_ms:5.1f} ms "
+              f"(x{kept_ms / default_ms:.2f})", flush=True)
+    return results
+
+
 # ---------------------------------------------------------------- (c) served
 
 
@@ -437,6 +482,11 @@ def markdown(results: Results, command: str) -> str:
               f"reference searches from 20 px faces, the pipeline from min_face_size); largest fake-probability "
               f"difference from eager fp32 on the same crops {quality['max_prob_diff']:.1e}; carphone frames with "
               f"a face {quality['video_frames_with_face']}."]
+    if results.freed_memory:
+        lines += ["", "Decoding alone, one thread, each in fresh processes: glibc's default allocator settings against "
+                  "freed memory kept (`keep_freed_mb`): " + ", ".join(
+                      f"{size} {row['glibc_default_ms']:.1f} -> {row['kept_ms']:.1f} ms (x{row['ratio']:.2f})"
+                      for size, row in results.freed_memory.items()) + "."]
     if results.sweep:
         lines += ["", "| batchSize | maxBatchDelay ms | workers x threads | forward | 1080p served /s | p50 / p95 ms |",
                   "|---|---|---|---|---|---|"]
@@ -483,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     # In-process is one process with the whole machine; served is the archive's workers x threads.
     threads = settings.cpu_threads or (os.cpu_count() or 1)
     threads_per_worker = settings.cpu_threads or max(1, (os.cpu_count() or 1) // workers)
-    torch.set_num_threads(threads)
+    use_cpu_threads(threads)
+    keep_freed_memory(settings.keep_freed_mb)  # as the served workers do
     users = args.users or 2 * batch * workers
 
     args.report_dir.mkdir(parents=True, exist_ok=True)
@@ -514,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     results.pipeline = bench_pipeline(pipeline, reference, media, batch, repeats, alternative)
     results.quality = compare_quality(pipeline, reference, media)
     results.video_stride = bench_video_stride(pipeline, media, max(1, repeats // 2))
+    if settings.keep_freed_mb > 0:
+        results.freed_memory = bench_freed_memory(media, settings.keep_freed_mb, repeats)
     if not args.skip_served:
         print(f"(c) served by TorchServe, Locust {users} users x {run_time} per input", flush=True)
         store = args.report_dir / "store"

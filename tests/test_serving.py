@@ -153,9 +153,9 @@ def test_both_forward_runtimes_serve_the_same_probabilities(server, start_server
     with zipfile.ZipFile(archive) as packed:
         assert "network.onnx" not in packed.namelist()
     on_torch = start_server(store, [archive.name])
-    assert re.search(r"version 1\.0 on cpu \(\d+ threads, forward: onnxruntime\)",
+    assert re.search(r"version 1\.0 on cpu \(\d+ threads, forward: onnxruntime, freed memory kept: up to 256 MB\)",
                      (server.log_dir / "model_log.log").read_text())
-    assert re.search(r"version 3\.0 on cpu \(\d+ threads, forward: torch\)",
+    assert re.search(r"version 3\.0 on cpu \(\d+ threads, forward: torch, freed memory kept",
                      (on_torch.log_dir / "model_log.log").read_text())
     local = DetectionPipeline.from_weights(weights_file, PipelineSettings())
     for path in (media.astronaut, media.face_video):

@@ -107,6 +107,10 @@ class PipelineSettings:
     (about twice as fast here; refused at load unless within 1e-4 of PyTorch). GPUs always use PyTorch."""
     cpu_threads: int = 0
     """Torch intra-op threads on CPU; 0 lets the handler divide the cores among the workers."""
+    keep_freed_mb: int = 256
+    """glibc: buffers below this many MB come from the heap, and up to this much freed memory is kept for the
+    next request instead of being faulted in again page by page (``process.keep_freed_memory``); 0: glibc's
+    defaults."""
     max_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     max_video_frames: int = 18_000
