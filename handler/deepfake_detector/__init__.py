@@ -6,7 +6,8 @@ The public surface::
 
 Modules, one job each: ``media`` (bytes -> frames), ``faces`` (frames -> face boxes), ``transforms``
 (boxes -> normalised crops, shared with training), ``network`` (the model and its weights file),
-``pipeline`` (all of the above for a batch of requests), ``errors`` and ``config``.
+``pipeline`` (all of the above for a batch of requests), ``process`` (a worker's threads and allocator),
+``audit`` and ``drift`` (what the handler records), ``errors`` and ``config``.
 """
 
 from .config import ModelConfig, PipelineSettings
