@@ -48,6 +48,27 @@ def test_a_request_scores_the_same_alone_or_in_a_batch(pipeline, bodies):
         assert joint["label"] == single["label"]
 
 
+def test_requests_decoded_side_by_side_keep_their_places(weights_file, bodies, media):
+    """With several threads the requests of a batch decode in parallel; outcomes stay where they were."""
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = DetectionPipeline.from_weights(weights_file)
+        torch.set_num_threads(2)
+        parallel = DetectionPipeline.from_weights(weights_file)
+    finally:
+        torch.set_num_threads(saved)
+    assert (serial.decode_threads, parallel.decode_threads) == (1, 2)
+    batch = [bodies["video"], b"", bodies["astronaut"], b"junk", bodies["cat"], bodies["grace_hopper"],
+             image_bytes(load_rgb(media.grace_hopper), "JPEG")[:2000]]
+    for one, other in zip(serial.score_batch(batch).outcomes, parallel.score_batch(batch).outcomes):
+        if isinstance(one, InputError):
+            assert isinstance(other, InputError) and (one.code, one.status) == (other.code, other.status)
+        else:
+            assert other["fake_probability"] == pytest.approx(one["fake_probability"], abs=1e-5)
+            assert other["faces"] == one["faces"]
+
+
 def test_chunking_crops_does_not_change_scores(weights_file, bodies):
     small_chunks = DetectionPipeline.from_weights(weights_file, PipelineSettings(max_crops_per_forward=3))
     one_chunk = DetectionPipeline.from_weights(weights_file, PipelineSettings(max_crops_per_forward=64))
