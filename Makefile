@@ -31,7 +31,10 @@ java:  ## Make sure Java 11+ is on PATH (TorchServe's frontend), installing it w
 mar: install  ## Build model_store/$(NAME)-$(VERSION).mar (WEIGHTS=file.safetensors, default: untrained seeded)
 	$(PY) scripts/build_mar.py --name $(NAME) --version $(VERSION) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
-$(MAR):
+# Rebuilt when the handler, its settings or the builder change, so `make serve` never serves stale code.
+ARCHIVE_SOURCES := $(wildcard handler/*.py handler/deepfake_detector/*.py config/*.yaml config/*.properties) \
+	scripts/build_mar.py
+$(MAR): $(ARCHIVE_SOURCES)
 	$(MAKE) mar
 
 serve: install $(MAR)  ## Start TorchServe on 127.0.0.1:8080 with the default model, wait for READY, print a curl
