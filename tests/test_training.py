@@ -88,8 +88,8 @@ def test_crop_and_normalisation_are_the_servers(faces: Path, media) -> None:
     # Imported, not copied: the very same function objects.
     assert training_prepare.face_region is transforms.face_region
     assert training_prepare.center_region is transforms.center_region
+    assert training_prepare.crop_and_resize is transforms.crop_and_resize
     assert training_prepare.decode_media is media_module.decode_media
-    assert training_prepare.DecodedMedia is media_module.DecodedMedia
     assert training_prepare.FaceDetector is FaceDetector
     assert training_data.normalize is transforms.normalize
     # Same outputs on the same input: the crop training stored for the astronaut, through the training

@@ -4,7 +4,7 @@ Policy, in one place:
 
 * Detection runs on a copy whose longest side is at most ``detect_max_side`` pixels, so its cost does not
   grow with the input's resolution; boxes are mapped back to full-resolution coordinates and the crop is
-  cut with full detail (``media.DecodedMedia.crop``).
+  taken from the full-resolution frame.
 * Faces smaller than ``min_face_size`` pixels of that copy, or than ``min_face_fraction`` of its shorter
   side, are not searched for: the pyramid starts at the smallest face worth scoring, which also makes the
   cost of detection the same for a 480p photo and a 4K one.

@@ -26,7 +26,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .config import PipelineSettings
 from .errors import InputError
-from .transforms import Region, crop_and_resize, detection_size
+from .transforms import detection_size
 
 MediaKind = Literal["image", "video"]
 
@@ -38,10 +38,7 @@ _TEMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os
 
 @dataclass
 class DecodedMedia:
-    """The frames to score, upright RGB at full resolution. An image is a one-frame medium whose frame index is 0.
-
-    ``width`` and ``height`` are the frames' size, the coordinates of every box and region.
-    """
+    """The frames to score, upright RGB at full resolution. An image is a one-frame medium whose frame index is 0."""
 
     kind: MediaKind
     format: str
@@ -51,14 +48,6 @@ class DecodedMedia:
     frame_indices: list[int]
     total_frames: int | None = None
     fps: float | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.width, self.height
-
-    def crop(self, position: int, region: Region, size: int) -> np.ndarray:
-        """``region`` of frame ``position`` as a ``size`` x ``size`` uint8 crop: what training and serving score."""
-        return crop_and_resize(self.frames[position], region, size)
 
 
 def sniff_format(head: bytes) -> tuple[MediaKind, str] | None:

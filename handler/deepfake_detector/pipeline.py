@@ -28,7 +28,7 @@ from .errors import InputError
 from .faces import Face, FaceDetector
 from .media import DecodedMedia, decode_media
 from .network import DeepfakeDetector, OnnxRuntimeForward, load_weights
-from .transforms import Region, center_region, face_region, normalize
+from .transforms import Region, center_region, crop_and_resize, face_region, normalize
 
 STAGES = ("decode", "detect", "crop", "forward")
 
@@ -123,10 +123,10 @@ class DetectionPipeline:
             crops: list[_Crop] = []
             pixels: list[np.ndarray] = []
             for request, m in media:
-                for frame_position in range(len(m.frames)):
-                    for crop in self._plan_crops(request, frame_position, m, next(faces_per_frame)):
+                for frame_position, frame in enumerate(m.frames):
+                    for crop in self._plan_crops(request, frame_position, frame, next(faces_per_frame)):
                         crops.append(crop)
-                        pixels.append(m.crop(frame_position, crop.region, self.config.input_size))
+                        pixels.append(crop_and_resize(frame, crop.region, self.config.input_size))
         report.crops = len(crops)
 
         with _timed(report, "forward"):
@@ -165,9 +165,9 @@ class DetectionPipeline:
         except InputError as error:
             return error
 
-    def _plan_crops(self, request: int, frame: int, m: DecodedMedia, faces: list[Face]) -> Iterator[_Crop]:
-        """Where to crop, in full-resolution pixels: around every face, or the centre when there is none."""
-        width, height = m.size
+    def _plan_crops(self, request: int, frame: int, image: np.ndarray, faces: list[Face]) -> Iterator[_Crop]:
+        """Where to crop: around every face, or the centre when there is none."""
+        height, width = image.shape[:2]
         if not faces:
             yield _Crop(request, frame, None, center_region(width, height))
             return

@@ -10,9 +10,9 @@ Two layouts are recognised:
   stay together.
 
 Frames are decoded by ``deepfake_detector.media.decode_media`` (every ``frame_stride``-th frame), faces are
-found by ``deepfake_detector.faces.FaceDetector`` with the serving settings, and crops are placed by
-``deepfake_detector.transforms.face_region`` / ``center_region`` and cut by ``DecodedMedia.crop`` (which is
-``transforms.crop_and_resize``): the pixels a model is trained on are the pixels it will be served.
+found by ``deepfake_detector.faces.FaceDetector`` with the serving settings, and crops are cut by
+``deepfake_detector.transforms.face_region`` / ``center_region`` / ``crop_and_resize``: the pixels a model
+is trained on are the pixels it will be served.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import numpy as np
 from deepfake_detector.config import PipelineSettings
 from deepfake_detector.errors import InputError
 from deepfake_detector.faces import FaceDetector
-from deepfake_detector.media import DecodedMedia, decode_media
-from deepfake_detector.transforms import center_region, face_region
+from deepfake_detector.media import decode_media
+from deepfake_detector.transforms import center_region, crop_and_resize, face_region
 from tqdm import tqdm
 
 from .index import SPLITS, CropRow, append_rows, read_index, split_for_group
@@ -99,37 +99,35 @@ def discover(root: str | Path) -> list[Source]:
     return sources
 
 
-def decode_source(source: Source, options: PrepareOptions) -> DecodedMedia:
-    """The source's frames, decoded by the server's own decoder (videos: every Nth frame)."""
+def frames_of(source: Source, options: PrepareOptions) -> tuple[list[np.ndarray], list[int]]:
+    """RGB frames and their indices, decoded by the server's own decoder (videos: every Nth frame)."""
     settings = PipelineSettings(
         frame_stride=options.frame_stride, max_frames=options.max_frames,
         max_bytes=1 << 40, max_video_frames=10**9, max_video_seconds=1e9,
     )
-    return decode_media(source.path.read_bytes(), settings)
+    media = decode_media(source.path.read_bytes(), settings)
+    return media.frames, media.frame_indices
 
 
 def crops_of_frame(
-    media: DecodedMedia, position: int, faces: list, settings: PipelineSettings, options: PrepareOptions
+    frame: np.ndarray, faces: list, settings: PipelineSettings, options: PrepareOptions
 ) -> Iterator[tuple[int, np.ndarray, tuple[float, float, float, float]]]:
-    """(face number, crop, face box in crop pixels) for each kept face, or the centre crop when allowed.
-
-    Regions are the server's (full-resolution pixels) and so are the pixels: ``DecodedMedia.crop``.
-    """
-    width, height = media.size
+    """(face number, crop, face box in crop pixels) for each kept face, or the centre crop when allowed."""
+    height, width = frame.shape[:2]
     if not faces:
         if options.no_face == "center":
             region = center_region(width, height)
             side = region[2] - region[0]
             inset = 0.15 * options.crop_size
             box = (inset, inset, options.crop_size - inset, options.crop_size - inset) if side else (0, 0, 0, 0)
-            yield -1, media.crop(position, region, options.crop_size), box
+            yield -1, crop_and_resize(frame, region, options.crop_size), box
         return
     for number, face in enumerate(faces[: options.faces_per_frame]):
         region = face_region(face.box, width, height, settings.face_margin)
         scale = options.crop_size / (region[2] - region[0])
         x1, y1, x2, y2 = face.box
         box = ((x1 - region[0]) * scale, (y1 - region[1]) * scale, (x2 - region[0]) * scale, (y2 - region[1]) * scale)
-        yield number, media.crop(position, region, options.crop_size), box
+        yield number, crop_and_resize(frame, region, options.crop_size), box
 
 
 def prepare(
@@ -157,17 +155,15 @@ def prepare(
         progress.set_postfix_str(source.relative[-40:])
         split = options.split_of(source.group)
         try:
-            media = decode_source(source, options)
+            frames, indices = frames_of(source, options)
         except InputError as error:
             skipped.append(f"{source.relative}: {error.detail}")
             continue
         rows = []
-        for start in range(0, len(media.frames), 32):
-            chunk = media.frames[start : start + 32]
-            found = detector.detect(chunk)
-            for position, faces in enumerate(found, start):
-                index = media.frame_indices[position]
-                for number, crop, box in crops_of_frame(media, position, faces, settings, options):
+        for start in range(0, len(frames), 32):
+            chunk = frames[start : start + 32]
+            for frame, index, faces in zip(chunk, indices[start : start + 32], detector.detect(chunk)):
+                for number, crop, box in crops_of_frame(frame, faces, settings, options):
                     name = f"crops/{source.label.lower()}/{_safe(source.relative)}/{index:06d}_{max(number, 0)}.png"
                     (output / name).parent.mkdir(parents=True, exist_ok=True)
                     cv2.imwrite(str(output / name), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
