@@ -32,7 +32,7 @@ COPY --chown=10001:0 config/ /srv/deepfake/config/
 COPY --chown=10001:0 model_store/ /srv/deepfake/model-store/
 COPY --chown=10001:0 scripts/healthcheck.py /srv/deepfake/healthcheck.py
 
-# The container's config, rendered from the repository's template (the one scripts/server.py renders).
+# The container's config, rendered from the repository's template (as deepfake_ops.torchserve renders it).
 RUN sed -e "s#@MODEL_STORE@#/srv/deepfake/model-store#g" \
         -e "s#@LOAD_MODELS@#${LOAD_MODELS}#g" \
         -e "s#@METRICS_CONFIG@#/srv/deepfake/config/metrics.yaml#g" \

@@ -29,31 +29,32 @@ java:  ## Make sure Java 11+ is on PATH (TorchServe's frontend), installing it w
 		{ echo "TorchServe needs Java 11+: install openjdk-17-jre-headless"; exit 1; }; }
 
 mar: install  ## Build model_store/$(NAME)-$(VERSION).mar (WEIGHTS=file.safetensors, default: untrained seeded)
-	$(PY) scripts/build_mar.py --name $(NAME) --version $(VERSION) $(if $(WEIGHTS),--weights $(WEIGHTS))
+	$(PY) -m deepfake_ops.build_mar --name $(NAME) --version $(VERSION) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
-# Rebuilt when the handler, its settings or the builder change, so `make serve` never serves stale code.
-ARCHIVE_SOURCES := $(wildcard handler/*.py handler/deepfake_detector/*.py config/*.yaml config/*.properties) \
-	scripts/build_mar.py
+# Rebuilt when what goes into an archive changes (the handler, the detector package, its settings, the builder
+# and the golden requests it records), so `make serve` never serves stale code.
+ARCHIVE_SOURCES := $(wildcard handler/*.py detector/deepfake_detector/*.py config/*.yaml config/*.properties) \
+	ops/deepfake_ops/build_mar.py ops/deepfake_ops/golden.py
 $(MAR): $(ARCHIVE_SOURCES)
 	$(MAKE) mar
 
 serve: install $(MAR)  ## Start TorchServe on 127.0.0.1:8080 with the default model, wait for READY, print a curl
-	$(PY) scripts/server.py start --model $(NAME) --archive $(notdir $(MAR))
+	$(PY) -m deepfake_ops.server start --model $(NAME) --archive $(notdir $(MAR))
 
 stop:  ## Stop the server started by `make serve`; waits until no process is left
-	@if [ -x $(PY) ]; then $(PY) scripts/server.py stop; else echo "nothing to stop"; fi
+	@if [ -x $(PY) ]; then $(PY) -m deepfake_ops.server stop; else echo "nothing to stop"; fi
 
 status:  ## Show the running server's versions and workers
-	$(PY) scripts/server.py status --model $(NAME)
+	$(PY) -m deepfake_ops.server status --model $(NAME)
 
-test: install  ## Run every test (unit tests, then a real TorchServe on free loopback ports)
+test: install  ## Every test: tests/unit, tests/handler (no Java), then tests/server (real TorchServe on loopback)
 	$(PY) -m pytest -v
 
-test-fast: install  ## Unit tests only (no server)
-	$(PY) -m pytest -v -m "not server"
+test-fast: install  ## tests/unit and tests/handler: no server, no Java
+	$(PY) -m pytest -v tests/unit tests/handler
 
 lint: install  ## ruff
-	$(VENV)/bin/ruff check handler scripts loadtests tests training
+	$(VENV)/bin/ruff check detector handler ops loadtests scripts tests training
 
 clean:  ## Remove built archives, run folders and caches (keeps .venv)
 	rm -rf model_store/*.mar .run reports .pytest_cache
@@ -64,14 +65,14 @@ LOADTEST_TIME ?= 60s
 LOADTEST_CLASS ?= MixedUser
 
 load-media: install  ## Make the load-test media (480p/1080p/4K photos, 720p clip) from real media into reports/media
-	$(PY) scripts/make_load_media.py
+	$(PY) -m deepfake_ops.load_media
 
 loadtest: install $(MAR)  ## Headless Locust run (LOADTEST_CLASS/USERS/TIME): CSV, HTML and PNG under reports/loadtest, one summary line
-	$(PY) loadtests/run_loadtest.py --user-class $(LOADTEST_CLASS) --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
+	$(PY) -m deepfake_ops.loadtest --user-class $(LOADTEST_CLASS) --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
 		--model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
 
 benchmark: install  ## In-process vs served throughput, stage by stage; table and JSON under reports/ (BENCH_ARGS=--quick)
-	$(PY) scripts/benchmark.py $(BENCH_ARGS)
+	$(PY) -m deepfake_ops.benchmark $(BENCH_ARGS)
 
 .PHONY: docker lint-deploy
 VARIANT ?= cpu
@@ -89,7 +90,7 @@ lint-deploy: install  ## Lint the Dockerfile (hadolint) and validate deploy/*.ya
 WORKERS ?= 1
 A ?= 1.0
 B ?= 2.0
-ROLLOUT := $(PY) scripts/rollout.py --name $(NAME)
+ROLLOUT := $(PY) -m deepfake_ops.rollout --name $(NAME)
 
 rollout-status: install  ## Versions in model_store/ (sha256, created, trained) beside the server's, workers, default
 	$(ROLLOUT) status
@@ -110,9 +111,9 @@ retire: install  ## Unregister VERSION (refused for the default)
 	$(ROLLOUT) retire $(VERSION)
 
 compare: install  ## A/B on the live server: DATA (folder with real/ and fake/, or path,label CSV), versions A and B
-	$(PY) scripts/compare_versions.py $(DATA) --a $(A) --b $(B) --name $(NAME)
+	$(PY) -m deepfake_ops.compare $(DATA) --a $(A) --b $(B) --name $(NAME)
 
-# Training (training/deepfake_training, scripts/prepare_faces.py, train.py, evaluate.py, train_demo.py).
+# Training (training/deepfake_training; scripts/prepare_faces.py, train.py, evaluate.py; deepfake_ops.train_demo).
 DATASET ?=
 FACES ?= data/faces
 RUN ?= runs/train
@@ -122,7 +123,7 @@ DEMO_VERSION ?= 1.1
 .PHONY: train-demo train evaluate
 
 train-demo: install  ## End to end on CPU (1-2 min quiet, 15 max): package faces -> crops -> self-blends -> lite0 -> eval -> archive DEMO_VERSION -> served
-	$(PY) scripts/train_demo.py --version $(DEMO_VERSION)
+	$(PY) -m deepfake_ops.train_demo --version $(DEMO_VERSION)
 
 train: install  ## Crop DATASET (FF++ or real/ + fake/) into FACES, train BACKBONE into RUN (TRAIN_ARGS=...)
 	@test -n "$(DATASET)" || { echo "usage: make train DATASET=path/to/videos [BACKBONE=...] [TRAIN_ARGS=...]"; exit 1; }

@@ -23,17 +23,19 @@ if sys.path[:1] != [_ARCHIVE_DIR]:
     sys.path.insert(0, _ARCHIVE_DIR)
 
 import torch  # noqa: E402
-from deepfake_detector import DetectionPipeline, InputError, PipelineSettings, file_sha256  # noqa: E402
+from deepfake_detector import archive  # noqa: E402
 from deepfake_detector.audit import AuditLog, AuditSettings, audit_record  # noqa: E402
+from deepfake_detector.config import PipelineSettings  # noqa: E402
+from deepfake_detector.cpu_tuning import keep_freed_memory, use_cpu_threads  # noqa: E402
 from deepfake_detector.drift import VerdictWindow, window_size  # noqa: E402
-from deepfake_detector.process import keep_freed_memory, use_cpu_threads  # noqa: E402
+from deepfake_detector.errors import InputError  # noqa: E402
+from deepfake_detector.pipeline import DetectionPipeline  # noqa: E402
+from deepfake_detector.verdict import Verdict  # noqa: E402
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError  # noqa: E402
 from ts.metrics.metric_type_enum import MetricTypes  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-ARCHIVE_MANIFEST = "archive_manifest.json"
-ONNX_FILE = "network.onnx"
 _UNDECLARED: set[str] = set()
 _STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
                    422: "Unprocessable Entity"}
@@ -46,7 +48,7 @@ class DeepfakeDetectorHandler:
         self.pipeline: DetectionPipeline | None = None
         self.audit: AuditLog | None = None
         self.verdicts = VerdictWindow()
-        self.model_name = "deepfake_detector"
+        self.model_name = archive.DEFAULT_MODEL_NAME
         self.version = "unversioned"
         self.initialized = False
 
@@ -61,30 +63,30 @@ class DeepfakeDetectorHandler:
         serving_config = context.model_yaml_config or {}
         settings = PipelineSettings.from_mapping(serving_config.get("handler"))
 
-        weights = os.path.join(model_dir, model_section.get("serializedFile", "weights.safetensors"))
-        _verify_weights(weights, os.path.join(model_dir, ARCHIVE_MANIFEST))
+        weights = os.path.join(model_dir, model_section.get("serializedFile", archive.WEIGHTS_FILE))
+        if archive.verify_unpacked(model_dir) is None:
+            logger.warning("no %s in the archive: weights integrity not checked", archive.MANIFEST_FILE)
 
         device = _select_device(properties.get("gpu_id"))
         if device.type == "cpu":
             workers = serving_config.get("minWorkers", 1)
             use_cpu_threads(settings.cpu_threads or _threads_per_worker(workers))
         kept = keep_freed_memory(settings.keep_freed_mb)
-        onnx_file = os.path.join(model_dir, ONNX_FILE) if settings.forward == "onnxruntime" else None
+        onnx_file = os.path.join(model_dir, archive.ONNX_FILE) if settings.forward == "onnxruntime" else None
         self.pipeline = DetectionPipeline.from_weights(weights, settings, device, version, onnx_file)
         self.verdicts = VerdictWindow(window_size())
         self.audit = AuditLog(AuditSettings.from_environment())
         if self.audit.enabled:
             logger.info("audit log: %s", self.audit.settings.path)
         info = self.pipeline.model_info
-        forward = "onnxruntime" if self.pipeline.onnx_forward is not None else "torch"
         logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s, freed memory kept: %s)",
-                    info["name"], version, device, torch.get_num_threads(), forward,
+                    info.name, version, device, torch.get_num_threads(), self.pipeline.runtime.name,
                     f"up to {settings.keep_freed_mb} MB" if kept else "no")
-        if not info["trained"]:
+        if not info.trained:
             logger.warning(
                 "model %s version %s carries UNTRAINED weights (seeded initialisation): its verdicts are "
                 "placeholders; build an archive from trained weights with `make mar WEIGHTS=... VERSION=...`",
-                info["name"], version,
+                info.name, version,
             )
         self.initialized = True
 
@@ -97,18 +99,12 @@ class DeepfakeDetectorHandler:
         scored = iter(report.outcomes)
         outcomes = [body if isinstance(body, InputError) else next(scored) for body in extracted]
 
-        responses = []
-        statuses = []
         for index, outcome in enumerate(outcomes):
             context.set_response_content_type(index, "application/json")
             if isinstance(outcome, InputError):
                 context.set_response_status(outcome.status, _STATUS_PHRASES.get(outcome.status, ""), index)
-                responses.append(outcome.to_json())
-                statuses.append(outcome.status)
             else:
-                responses.append(outcome)
-                statuses.append(200)
-                self.verdicts.add(outcome["label"] == "FAKE")
+                self.verdicts.add(outcome.is_fake)
         elapsed_ms = 1000 * (time.perf_counter() - started)
         logger.info(
             "scored batch: requests=%d errors=%d crops=%d ms=%.1f stages_ms=%s",
@@ -117,16 +113,15 @@ class DeepfakeDetectorHandler:
         )
         stage_ms = {stage: 1000 * seconds for stage, seconds in report.stage_seconds.items()}
         stage_ms["handler"] = elapsed_ms
-        record_metrics(getattr(context, "metrics", None), (self.model_name, self.version), responses,
+        record_metrics(getattr(context, "metrics", None), (self.model_name, self.version), outcomes,
                        stage_ms, self.verdicts)
         if self.audit is not None and self.audit.enabled:
-            answered = zip(extracted, responses, statuses, strict=True)
-            for index, (body, response, status) in enumerate(answered):
+            for index, (body, outcome) in enumerate(zip(extracted, outcomes, strict=True)):
                 self.audit.write(audit_record(
-                    _request_id(context, index), body if isinstance(body, bytes) else None, response, status,
+                    _request_id(context, index), body if isinstance(body, bytes) else None, outcome,
                     self.version, elapsed_ms,
                 ))
-        return responses
+        return [outcome.to_json() for outcome in outcomes]
 
 
 def request_body(request: dict[str, Any]) -> bytes | InputError:
@@ -153,19 +148,20 @@ def request_body(request: dict[str, Any]) -> bytes | InputError:
 
 
 def record_metrics(
-    metrics: Any, model: tuple[str, str], responses: list[dict[str, Any]], stage_ms: dict[str, float],
+    metrics: Any, model: tuple[str, str], outcomes: list[Verdict | InputError], stage_ms: dict[str, float],
     verdicts: VerdictWindow,
 ) -> None:
     """Feed the batch into the metrics declared in config/metrics.yaml; a missing declaration is skipped."""
     if metrics is None:
         return
     emit = _metric_emitter(metrics, list(model))
-    for response in responses:
-        emit("DeepfakeRequests", MetricTypes.COUNTER, 1, response.get("label") or "ERROR")
-        if "error" in response:
+    for outcome in outcomes:
+        if isinstance(outcome, InputError):
+            emit("DeepfakeRequests", MetricTypes.COUNTER, 1, "ERROR")
             continue
-        emit("DeepfakeFacesPerRequest", MetricTypes.HISTOGRAM, _faces_scored(response))
-        if not response.get("face_detected"):
+        emit("DeepfakeRequests", MetricTypes.COUNTER, 1, outcome.label)
+        emit("DeepfakeFacesPerRequest", MetricTypes.HISTOGRAM, len(outcome.faces))
+        if not outcome.face_detected:
             emit("DeepfakeNoFaceFallbacks", MetricTypes.COUNTER, 1)
     for stage, milliseconds in stage_ms.items():
         emit("DeepfakeStageTime", MetricTypes.HISTOGRAM, round(milliseconds, 3), stage)
@@ -189,32 +185,11 @@ def _metric_emitter(metrics: Any, model_dimensions: list[str]) -> Callable[..., 
     return emit
 
 
-def _faces_scored(response: dict[str, Any]) -> int:
-    if "frames" in response:
-        return sum(len(frame.get("faces", [])) for frame in response["frames"])
-    return len(response.get("faces", []))
-
-
 def _request_id(context: Any, index: int) -> str | None:
     try:
         return context.get_request_id(index)
     except (AttributeError, KeyError, TypeError):
         return None
-
-
-def _verify_weights(weights: str, manifest_path: str) -> None:
-    """Refuse to serve weights whose sha256 differs from the one the archive was built with."""
-    if not os.path.exists(manifest_path):
-        logger.warning("no %s in the archive: weights integrity not checked", ARCHIVE_MANIFEST)
-        return
-    with open(manifest_path) as handle:
-        expected = json.load(handle)["weights_sha256"]
-    actual = file_sha256(weights)
-    if actual != expected:
-        raise RuntimeError(
-            f"weights {os.path.basename(weights)} have sha256 {actual}, but the archive manifest says "
-            f"{expected}: the archive was altered or corrupted; rebuild it with `make mar`"
-        )
 
 
 def _select_device(gpu_id: Any) -> torch.device:

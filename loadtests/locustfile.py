@@ -5,11 +5,11 @@
 
 User classes (name them on the command line; with none, Locust runs all three by their weights):
 
-* ``ImageUser``  posts the photos of ``reports/media`` (480p, 1080p, 4K; see scripts/make_load_media.py).
+* ``ImageUser``  posts the photos of ``reports/media`` (480p, 1080p, 4K; see deepfake_ops.load_media).
 * ``VideoUser``  posts the carphone face video and a 720p clip made from its frames.
 * ``MixedUser``  nine images for every video.
 
-Every 200 answer is checked against the response schema (``response_schema.py``); a schema violation, an
+Every 200 answer is validated as a verdict (``deepfake_detector.verdict``); a schema violation, an
 error status or a body that is not JSON counts as a failure. Settings come from environment variables:
 
 =====================  ==========================================================================
@@ -28,19 +28,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import sys
 from pathlib import Path
 
+from deepfake_detector.archive import DEFAULT_MODEL_NAME
+from deepfake_detector.verdict import Verdict, VerdictError
+from deepfake_ops.load_media import DEFAULT_MEDIA_DIR, PHOTO_HEIGHTS, make_load_media
 from locust import FastHttpUser, between, constant, task
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:0] = [str(HERE), str(REPO / "scripts")]
-
-from make_load_media import DEFAULT_MEDIA_DIR, PHOTO_HEIGHTS, make_load_media  # noqa: E402
-from response_schema import schema_problems  # noqa: E402
-
-MODEL = os.environ.get("DFD_MODEL", "deepfake_detector")
+MODEL = os.environ.get("DFD_MODEL", DEFAULT_MODEL_NAME)
 MODEL_VERSION = os.environ.get("DFD_MODEL_VERSION", "").strip()
 TOKEN = os.environ.get("DFD_TOKEN", "").strip()
 MEDIA_DIR = Path(os.environ.get("DFD_MEDIA_DIR", str(DEFAULT_MEDIA_DIR)))
@@ -86,11 +81,13 @@ class DetectorUser(FastHttpUser):
             except (TypeError, ValueError):
                 response.failure(f"not JSON: {(response.text or '')[:200]}")
                 return
-            problems = schema_problems(answer, kind)
-            if MODEL_VERSION and answer.get("model", {}).get("version") != MODEL_VERSION:
-                problems.append(f"answered by version {answer.get('model', {}).get('version')}, not {MODEL_VERSION}")
-            if problems:
-                response.failure("schema: " + "; ".join(problems[:3]))
+            try:
+                verdict = Verdict.from_json(answer, kind)
+            except VerdictError as error:
+                response.failure("schema: " + "; ".join(error.problems[:3]))
+                return
+            if MODEL_VERSION and verdict.model.version != MODEL_VERSION:
+                response.failure(f"answered by version {verdict.model.version}, not {MODEL_VERSION}")
             else:
                 response.success()
 

@@ -22,7 +22,6 @@ promotion and the rollback happened under load.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -30,9 +29,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from deepfake_detector.archive import DEFAULT_MODEL_NAME
+from deepfake_detector.verdict import Verdict, VerdictError
+from deepfake_ops.packaged import ASTRONAUT
 from locust import FastHttpUser, between, events, task
 
-MODEL = os.environ.get("DFD_MODEL", "deepfake_detector")
+MODEL = os.environ.get("DFD_MODEL", DEFAULT_MODEL_NAME)
 TOKEN = os.environ.get("DFD_TOKEN", "").strip()
 WAIT_S = float(os.environ.get("DFD_WAIT_S", "0.3"))
 SERVED_VERSIONS_FILE = os.environ.get("DFD_SERVED_VERSIONS_FILE", "").strip()
@@ -42,14 +44,7 @@ if TOKEN:
     HEADERS["Authorization"] = f"Bearer {TOKEN}"
 
 
-def _face_photo() -> bytes:
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("scikit-image is not installed (see requirements.txt): it ships the face photo")
-    return (Path(next(iter(spec.submodule_search_locations))) / "data" / "astronaut.png").read_bytes()
-
-
-FACE_PHOTO = _face_photo()
+FACE_PHOTO = ASTRONAUT.locate().read_bytes()
 SERVED: Counter[str] = Counter()
 FAILED: Counter[str] = Counter()
 SWITCHES: list[dict[str, Any]] = []
@@ -71,16 +66,10 @@ class SteadyClient(FastHttpUser):
                 FAILED[f"HTTP {response.status_code}"] += 1
                 return
             try:
-                answer = json.loads(response.content)
-                version = str(answer["model"]["version"])
-                label = answer["label"]
-            except (TypeError, ValueError, KeyError):
-                response.failure(f"not a verdict: {(response.text or '')[:200]}")
+                version = Verdict.from_json(json.loads(response.content)).model.version
+            except (TypeError, ValueError, VerdictError) as error:
+                response.failure(f"not a verdict ({error}): {(response.text or '')[:200]}")
                 FAILED["not a verdict"] += 1
-                return
-            if label not in ("REAL", "FAKE"):
-                response.failure(f"label {label!r}")
-                FAILED["bad label"] += 1
                 return
             response.success()
             if not SWITCHES or SWITCHES[-1]["version"] != version:

@@ -15,7 +15,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from deepfake_detector import PipelineSettings
+from deepfake_detector.config import DEFAULT_FACE_MARGIN, PipelineSettings
 from deepfake_training.index import read_index
 from deepfake_training.prepare import PrepareOptions, prepare
 
@@ -33,18 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=0, help="salt of the per-group split hash")
-    parser.add_argument("--face-margin", type=float, help="override the serving face margin (default: the server's)")
+    parser.add_argument("--face-margin", type=float, default=DEFAULT_FACE_MARGIN,
+                        help="crop side = face side x (1 + margin), kept in the weights' config")
     parser.add_argument("--device", default="cpu", help="MTCNN device (cpu, cuda)")
     args = parser.parse_args(argv)
 
     options = PrepareOptions(
         frame_stride=args.frame_stride, max_frames=args.max_frames, crop_size=args.size,
         faces_per_frame=args.faces_per_frame, no_face=args.no_face, val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction, seed=args.seed,
+        test_fraction=args.test_fraction, seed=args.seed, face_margin=args.face_margin,
     )
-    settings = PipelineSettings() if args.face_margin is None else PipelineSettings(face_margin=args.face_margin)
     try:
-        index = prepare(args.root, args.output, options, settings, args.device)
+        index = prepare(args.root, args.output, options, PipelineSettings(), args.device)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

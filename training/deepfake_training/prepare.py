@@ -17,6 +17,7 @@ is trained on are the pixels it will be served.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,14 +25,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from deepfake_detector.config import PipelineSettings
+from deepfake_detector.config import DEFAULT_FACE_MARGIN, PipelineSettings
 from deepfake_detector.errors import InputError
-from deepfake_detector.faces import FaceDetector
+from deepfake_detector.faces import FaceDetector, check_searchable
 from deepfake_detector.media import decode_media
 from deepfake_detector.transforms import center_region, crop_and_resize, face_region
 from tqdm import tqdm
 
-from .index import SPLITS, CropRow, append_rows, read_index, split_for_group
+from .index import SPLITS, CropGeometry, CropRow, append_rows, read_index, split_for_group
 
 MEDIA_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 INDEX_FILE = "index.csv"
@@ -57,6 +58,8 @@ class PrepareOptions:
     """Video: at most this many frames per source."""
     crop_size: int = 224
     """Side of the saved crops; use the model's input size (training refuses a mismatch)."""
+    face_margin: float = DEFAULT_FACE_MARGIN
+    """Crop side = face box side x (1 + margin); recorded in ``crops.json`` and, by training, in the weights."""
     faces_per_frame: int = 1
     """The most confident faces kept per frame."""
     no_face: str = "skip"
@@ -105,7 +108,7 @@ def frames_of(source: Source, options: PrepareOptions) -> tuple[list[np.ndarray]
         frame_stride=options.frame_stride, max_frames=options.max_frames,
         max_bytes=1 << 40, max_video_frames=10**9, max_video_seconds=1e9,
     )
-    media = decode_media(source.path.read_bytes(), settings)
+    media = decode_media(source.path.read_bytes(), settings, functools.partial(check_searchable, settings))
     return media.frames, media.frame_indices
 
 
@@ -123,7 +126,7 @@ def crops_of_frame(
             yield -1, crop_and_resize(frame, region, options.crop_size), box
         return
     for number, face in enumerate(faces[: options.faces_per_frame]):
-        region = face_region(face.box, width, height, settings.face_margin)
+        region = face_region(face.box, width, height, options.face_margin)
         scale = options.crop_size / (region[2] - region[0])
         x1, y1, x2, y2 = face.box
         box = ((x1 - region[0]) * scale, (y1 - region[1]) * scale, (x2 - region[0]) * scale, (y2 - region[1]) * scale)
@@ -142,6 +145,7 @@ def prepare(
     settings = settings or PipelineSettings()
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    CropGeometry(options.face_margin, crop_size=options.crop_size).save(output)
     index_path = output / INDEX_FILE
     done_path = output / DONE_FILE
     done = set(done_path.read_text().splitlines()) if done_path.exists() else set()

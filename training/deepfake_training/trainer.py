@@ -1,7 +1,7 @@
 """The training loop with the design's regularisation, and the checkpoint the server loads.
 
 Strategies, as the design lists them: augmentations (``augment``), dropout 0.5 and 0.3 and BatchNorm in the
-head (``deepfake_detector.network.DeepfakeDetector``), early stopping after 5 epochs without a lower
+head (``deepfake_detector.architecture.DeepfakeDetector``), early stopping after 5 epochs without a lower
 validation loss, ReduceLROnPlateau (patience 3, factor 0.5) on the validation loss, AdamW with weight
 decay 1e-4. The best epoch (lowest validation loss) is written by ``save_weights`` as safetensors, beside a
 JSON with the settings, every epoch's metrics and a fingerprint of the data.
@@ -21,14 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from deepfake_detector.architecture import DeepfakeDetector
 from deepfake_detector.config import ModelConfig
-from deepfake_detector.network import DeepfakeDetector, save_weights
+from deepfake_detector.weights import save_weights
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data import CropDataset, collate, make_samples
-from .index import CropRow, data_fingerprint, read_index
+from .index import CropGeometry, CropRow, data_fingerprint, read_index
 from .metrics import fit_temperature, roc_auc
 from .pretrained import backbone_normalisation, load_backbone_weights, packaged_weights_file
 
@@ -104,11 +105,13 @@ def make_scheduler(
 
 
 def build_model(settings: TrainSettings) -> DeepfakeDetector:
-    """The detector to train: its ModelConfig records the backbone, input size and normalisation."""
+    """The detector to train: its ModelConfig records the backbone, input size, normalisation and how the
+    index's crops were cut (``crops.json``), so the server cuts faces the same way."""
     mean, std = backbone_normalisation(settings.backbone)
+    geometry = CropGeometry.load(Path(settings.index).parent)
     config = ModelConfig(
         backbone=settings.backbone, input_size=settings.input_size, mean=mean, std=std, trained=True,
-        description=settings.description,
+        face_margin=geometry.face_margin, crop_filter=geometry.crop_filter, description=settings.description,
     )
     model = DeepfakeDetector(config)
     if settings.pretrained:

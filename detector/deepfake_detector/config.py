@@ -1,0 +1,164 @@
+"""The two kinds of settings, each with one home.
+
+``ModelConfig`` describes a set of weights: architecture, input size, normalisation, class order, and how
+the crops it was trained on were cut (margin around the face, resize filter). It is stored inside the
+weights file (safetensors metadata), so it can never be separated from them.
+
+``PipelineSettings`` describe how one deployment serves those weights: sampling of video frames, face
+detection, decision threshold, batching of crops and input limits. They live in the ``handler:`` section
+of the archive's ``model-config.yaml``, so two versions can serve the same weights differently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .archive import DEFAULT_MODEL_NAME
+
+DEFAULT_FACE_MARGIN = 0.3
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+Aggregation = Literal["mean", "max", "median"]
+Forward = Literal["torch", "onnxruntime"]
+CropFilter = Literal["area", "linear"]
+WEIGHTS_OWNED = {
+    "face_margin": "the crop margin the weights were trained with",
+}
+"""Keys that once were serving settings and now travel with the weights (ModelConfig)."""
+
+
+def _from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Build a dataclass from a mapping, refusing keys it does not know (a typo must not pass silently)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a set of weights is: architecture, expected input and the meaning of each output."""
+
+    name: str = DEFAULT_MODEL_NAME
+    backbone: str = "efficientnet_b4"
+    hidden_size: int = 512
+    feature_dropout: float = 0.5
+    hidden_dropout: float = 0.3
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: tuple[str, ...] = ("REAL", "FAKE")
+    temperature: float = 1.0
+    face_margin: float = DEFAULT_FACE_MARGIN
+    """Crops are squares of side ``face box side x (1 + face_margin)``: what the weights were trained on."""
+    crop_filter: CropFilter = "area"
+    """How crops are resized to ``input_size``: ``area`` (area filter shrinking, bilinear enlarging) or
+    ``linear`` (bilinear always)."""
+    trained: bool = False
+    init_seed: int | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if sorted(self.class_names) != ["FAKE", "REAL"]:
+            raise ValueError(f"class_names must be REAL and FAKE in some order, got {self.class_names}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.face_margin < 0:
+            raise ValueError(f"face_margin must not be negative, got {self.face_margin}")
+        if self.crop_filter not in ("area", "linear"):
+            raise ValueError(f"crop_filter must be area or linear, got {self.crop_filter!r}")
+
+    @property
+    def fake_index(self) -> int:
+        """Index of the FAKE logit in the network's output."""
+        return self.class_names.index("FAKE")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return _from_mapping(cls, json.loads(text), "model config")
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """How a deployment turns media into verdicts. Every field can be set in ``model-config.yaml``."""
+
+    threshold: float = 0.5
+    """A fake probability at or above this is reported as FAKE."""
+    frame_stride: int = 10
+    """Video: score every Nth frame (0, N, 2N, ...)."""
+    max_frames: int = 16
+    """Video: score at most this many sampled frames; the rest of the video is not decoded."""
+    aggregation: Aggregation = "mean"
+    """Video: how the sampled frames' scores combine into the video's score."""
+    detect_max_side: int = 480
+    """Faces are searched on a copy whose longest side is at most this, so cost does not grow with resolution.
+    MTCNN's cost grows with the copy's pixels (every pyramid level is resampled from it): 480 px, the size of a
+    480p photo, makes a 1080p or 4K photo cost what a 480p one costs, and still finds faces from 24 px there
+    (5% of the long side)."""
+    min_face_size: int = 24
+    """Smallest face searched for, in pixels of the downscaled copy."""
+    min_face_fraction: float = 0.05
+    """...and at least this fraction of the copy's shorter side. MTCNN's pyramid starts at the smallest face
+    searched for, so with a relative floor every copy's first level has the same size and detection costs
+    the same at 480p as at 4K; faces smaller than this share of the picture are too small to judge anyway."""
+    min_face_probability: float = 0.9
+    """Detections below this MTCNN probability are ignored."""
+    max_faces_per_frame: int = 4
+    """The most confident faces of a frame that are scored; the frame's score is the highest of theirs."""
+    max_crops_per_forward: int = 16
+    """Upper bound on crops in one forward pass, whatever the number of requests in a batch."""
+    forward: Forward = "torch"
+    """Which runtime computes the network on CPU: PyTorch, or ONNX Runtime on an export of the same weights
+    (about twice as fast here; refused at load unless within 1e-4 of PyTorch). GPUs always use PyTorch."""
+    cpu_threads: int = 0
+    """Torch intra-op threads on CPU; 0 lets the handler divide the cores among the workers."""
+    keep_freed_mb: int = 256
+    """glibc: buffers below this many MB come from the heap, and up to this much freed memory is kept for the
+    next request instead of being faulted in again page by page (``process.keep_freed_memory``); 0: glibc's
+    defaults."""
+    max_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    max_video_frames: int = 18_000
+    """Videos whose container announces more frames than this are refused before decoding."""
+    max_video_seconds: float = 600.0
+    max_frame_pixels: int = 3840 * 2160
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_face_fraction < 1.0:
+            raise ValueError(f"min_face_fraction must lie in [0, 1), got {self.min_face_fraction}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
+        if self.forward not in ("torch", "onnxruntime"):
+            raise ValueError(f"forward must be torch or onnxruntime, got {self.forward!r}")
+        if self.aggregation not in ("mean", "max", "median"):
+            raise ValueError(f"aggregation must be mean, max or median, got {self.aggregation!r}")
+        for name in ("frame_stride", "max_frames", "detect_max_side", "max_faces_per_frame",
+                     "max_crops_per_forward", "min_face_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any] | None) -> PipelineSettings:
+        values = dict(values or {})
+        owned = sorted(set(values) & set(WEIGHTS_OWNED))
+        if owned:
+            raise ValueError(
+                f"{owned[0]} is {WEIGHTS_OWNED[owned[0]]}: it is part of the weights' ModelConfig, not a "
+                "serving setting; remove it from the handler settings (set it when training)"
+            )
+        return _from_mapping(cls, values, "handler settings")
+
+    def replace(self, **changes: Any) -> PipelineSettings:
+        return dataclasses.replace(self, **changes)
+

@@ -1,0 +1,191 @@
+"""Bytes in, verdicts out: the whole detector, independent of any server.
+
+``DetectionPipeline.score_batch`` takes the bodies of several requests at once (a TorchServe batch, a
+benchmark, a test) and returns one outcome per body, in order: a :class:`~.verdict.Verdict`, or the
+InputError that request earned. Decoding is per request, so one bad body never affects the others, and the requests of a
+batch decode side by side on the threads the process was given (the decoders run in C without the GIL: a
+core would otherwise idle while the other decodes a 4K photo). Face detection is
+batched across every frame of every request, and every crop of every request (image faces and video
+frames alike) is classified in chunks of at most ``max_crops_per_forward``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .architecture import DeepfakeDetector
+from .config import PipelineSettings
+from .errors import InputError
+from .faces import Face, FaceDetector, check_searchable
+from .media import DecodedMedia, decode_media
+from .runtimes import Runtime, select_runtime
+from .transforms import Region, center_region, crop_and_resize, face_region, normalize
+from .verdict import FaceScore, FrameScore, MediaInfo, ModelInfo, Verdict
+from .weights import load_weights
+
+STAGES = ("decode", "detect", "crop", "forward")
+
+
+@dataclass
+class _Crop:
+    """Where a crop came from: request, frame, and the face (None for the centre-crop fallback)."""
+
+    request: int
+    frame: int
+    face: Face | None
+    region: Region
+
+
+@dataclass
+class BatchReport:
+    """The outcome for each body plus what the batch cost, stage by stage (for metrics and benchmarks)."""
+
+    outcomes: list[Verdict | InputError]
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    crops: int = 0
+
+
+class DetectionPipeline:
+    """Decode -> find faces -> crop and normalise -> classify -> aggregate, for a batch of request bodies."""
+
+    def __init__(
+        self,
+        model: DeepfakeDetector,
+        settings: PipelineSettings | None = None,
+        device: str | torch.device = "cpu",
+        version: str = "unversioned",
+        onnx_file: str | Path | None = None,
+    ) -> None:
+        """``onnx_file`` (CPU, ``forward: onnxruntime``): run the network with ONNX Runtime from that file,
+        exported from ``model`` if it does not exist; its outputs are checked against PyTorch's at load."""
+        self.settings = settings or PipelineSettings()
+        self.device = torch.device(device)
+        self.version = version
+        self.config = model.config
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
+        self.face_detector = FaceDetector(self.settings, self.device)
+        self.runtime: Runtime = select_runtime(self.model, self.settings, self.device, onnx_file)
+        self._check_size = functools.partial(check_searchable, self.settings)
+        self.decode_threads = torch.get_num_threads()
+        self._decoders = (ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
+                          if self.decode_threads > 1 else None)
+
+    @classmethod
+    def from_weights(
+        cls,
+        weights: str | Path,
+        settings: PipelineSettings | None = None,
+        device: str | torch.device = "cpu",
+        version: str = "unversioned",
+        onnx_file: str | Path | None = None,
+    ) -> DetectionPipeline:
+        return cls(load_weights(weights), settings, device, version, onnx_file)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return ModelInfo(self.config.name, self.version, self.config.backbone, self.config.trained)
+
+    def score(self, body: bytes) -> Verdict:
+        """One body's result; raises its InputError."""
+        outcome = self.score_batch([body]).outcomes[0]
+        if isinstance(outcome, InputError):
+            raise outcome
+        return outcome
+
+    def score_batch(self, bodies: Sequence[bytes]) -> BatchReport:
+        report = BatchReport(outcomes=[])
+        with _timed(report, "decode"):
+            if self._decoders is not None and len(bodies) > 1:
+                decoded: list[DecodedMedia | InputError] = list(self._decoders.map(self._decode, bodies))
+            else:
+                decoded = [self._decode(body) for body in bodies]
+        media = [(i, m) for i, m in enumerate(decoded) if isinstance(m, DecodedMedia)]
+
+        with _timed(report, "detect"):
+            frames = [frame for _, m in media for frame in m.frames]
+            faces_per_frame = iter(self.face_detector.detect(frames) if frames else [])
+
+        with _timed(report, "crop"):
+            crops: list[_Crop] = []
+            pixels: list[np.ndarray] = []
+            for request, m in media:
+                for frame_position, frame in enumerate(m.frames):
+                    for crop in self._plan_crops(request, frame_position, frame, next(faces_per_frame)):
+                        crops.append(crop)
+                        pixels.append(crop_and_resize(frame, crop.region, self.config.input_size,
+                                                      self.config.crop_filter))
+        report.crops = len(crops)
+
+        with _timed(report, "forward"):
+            probabilities = self.classify(np.stack(pixels)) if pixels else np.zeros(0, dtype=np.float32)
+
+        scores: dict[tuple[int, int], list[tuple[_Crop, float]]] = {}
+        for crop, probability in zip(crops, probabilities.tolist()):
+            scores.setdefault((crop.request, crop.frame), []).append((crop, probability))
+        report.outcomes = [
+            outcome if isinstance(outcome, InputError) else self._result(i, outcome, scores)
+            for i, outcome in enumerate(decoded)
+        ]
+        return report
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        """Fake probability of each uint8 crop (N, S, S, 3), in forward passes of bounded size."""
+        chunk = self.settings.max_crops_per_forward
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(crops), chunk):
+                batch = torch.from_numpy(np.ascontiguousarray(crops[start : start + chunk]))
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory().to(self.device, non_blocking=True)
+                logits = self.runtime(normalize(batch, self.config.mean, self.config.std))
+                outputs.append(self.model.fake_probability(logits).float().cpu())
+        return torch.cat(outputs).numpy()
+
+    def _decode(self, body: bytes) -> DecodedMedia | InputError:
+        try:
+            return decode_media(body, self.settings, self._check_size)
+        except InputError as error:
+            return error
+
+    def _plan_crops(self, request: int, frame: int, image: np.ndarray, faces: list[Face]) -> Iterator[_Crop]:
+        """Where to crop: around every face, or the centre when there is none."""
+        height, width = image.shape[:2]
+        if not faces:
+            yield _Crop(request, frame, None, center_region(width, height))
+            return
+        for face in faces:
+            yield _Crop(request, frame, face, face_region(face.box, width, height, self.config.face_margin))
+
+    def _result(
+        self, request: int, m: DecodedMedia, scores: dict[tuple[int, int], list[tuple[_Crop, float]]]
+    ) -> Verdict:
+        frames = []
+        for position, index in enumerate(m.frame_indices):
+            scored = scores[(request, position)]
+            faces = [FaceScore.reported(crop.face.box, crop.face.probability, p)
+                     for crop, p in scored if crop.face is not None]
+            center = next((p for crop, p in scored if crop.face is None), None)
+            frames.append(FrameScore.scored(index, faces, center))
+        media = MediaInfo(m.kind, m.format, m.width, m.height, m.total_frames, m.fps)
+        if m.kind == "image":
+            return Verdict.of_image(frames[0], self.settings.threshold, media, self.model_info)
+        return Verdict.of_video(frames, self.settings.threshold, media, self.model_info,
+                                self.settings.frame_stride, self.settings.aggregation)
+
+
+@contextlib.contextmanager
+def _timed(report: BatchReport, stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        report.stage_seconds[stage] += time.perf_counter() - start

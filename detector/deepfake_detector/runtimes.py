@@ -1,0 +1,119 @@
+"""Where the network's forward pass runs: PyTorch (CPU or GPU) or ONNX Runtime (CPU), chosen once at load.
+
+Each runtime takes normalised images (N, 3, S, S) on the pipeline's device and returns logits; the pipeline
+calls whichever :func:`select_runtime` picked and never asks again per batch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from .architecture import DeepfakeDetector
+from .config import PipelineSettings
+from .errors import WeightsMismatchError
+
+
+class Runtime(Protocol):
+    """Normalised images -> logits."""
+
+    name: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchRuntime:
+    """The eager PyTorch network; on a GPU under fp16 autocast."""
+
+    name = "torch"
+
+    def __init__(self, model: DeepfakeDetector, device: torch.device) -> None:
+        self.model = model
+        self.autocast = device.type == "cuda"
+        self.device_type = device.type
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.float16, enabled=self.autocast):
+            return self.model(images)
+
+
+def select_runtime(
+    model: DeepfakeDetector, settings: PipelineSettings, device: torch.device, onnx_file: str | Path | None,
+) -> Runtime:
+    """ONNX Runtime on a CPU when the settings say ``forward: onnxruntime`` (from ``onnx_file``, the archive's
+    export); PyTorch otherwise, and always on a GPU."""
+    if device.type != "cpu" or settings.forward == "torch":
+        if onnx_file is not None and device.type == "cpu":
+            raise ValueError(f"an ONNX export ({onnx_file}) was given, but the settings say forward: torch")
+        return TorchRuntime(model, device)
+    if onnx_file is None:
+        raise ValueError("forward: onnxruntime needs the ONNX export of the weights (onnx_file; `make mar` "
+                         "packs it into the archive)")
+    return OnnxRuntimeForward(model, onnx_file, torch.get_num_threads())
+
+
+class OnnxRuntimeForward:
+    """The network's logits computed by ONNX Runtime on the CPU, from an export of the very same weights.
+
+    Under CPU contention (a TorchServe frontend and other workers on the same cores) ONNX Runtime's thread
+    pool degrades far less than PyTorch's OpenMP threads. ``onnx_file`` is exported from ``model`` when it
+    does not exist yet. The session is only kept if its fake probabilities agree with the eager fp32 network
+    within ``tolerance`` on a seeded batch; otherwise :class:`WeightsMismatchError` is raised and the caller
+    keeps PyTorch.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model: DeepfakeDetector, onnx_file: str | Path, threads: int, tolerance: float = 1e-4) -> None:
+        import onnxruntime
+
+        self.path = Path(onnx_file)
+        if not self.path.exists():
+            export_onnx(model, self.path)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.difference = self._check(model, tolerance)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        inputs = images.contiguous().numpy()
+        (logits,) = self.session.run(None, {self.input_name: inputs})
+        return torch.from_numpy(logits)
+
+    def _check(self, model: DeepfakeDetector, tolerance: float) -> float:
+        size = model.config.input_size
+        images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2
+        with torch.inference_mode():
+            expected = model.fake_probability(model(images))
+        actual = model.fake_probability(self(images))
+        difference = float((actual - expected).abs().max())
+        if not difference <= tolerance:
+            raise WeightsMismatchError(
+                f"ONNX Runtime's fake probabilities differ from PyTorch's by {difference:.2e} (> {tolerance:.0e}) "
+                f"for {self.path}: delete it so that it is exported again from the weights"
+            )
+        return difference
+
+
+def export_onnx(model: DeepfakeDetector, path: str | Path) -> Path:
+    """Write the network (normalised N x 3 x S x S images -> logits, dynamic batch) as ONNX."""
+    size = model.config.input_size
+    path = Path(path)
+    partial = path.with_suffix(".partial.onnx")
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), warnings.catch_warnings():
+        # The TorchScript exporter: same parity as the torch.export one here, in a tenth of the time.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (torch.zeros(1, 3, size, size),), str(partial), input_names=["images"], output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=18, dynamo=False,
+        )
+    model.train(was_training)
+    partial.replace(path)
+    return path

@@ -1,0 +1,385 @@
+"""The verdict: what the detector answers for one image or video, as types with one JSON form.
+
+Everything that produces or reads an answer goes through these classes: the pipeline builds a
+:class:`Verdict`, the handler serialises it with :meth:`Verdict.to_json`, and the audit log, the metrics,
+the golden requests, rollout verification, the A/B comparison, the load tests and evaluation read it back
+with :meth:`Verdict.from_json`, which also validates it. The scoring rules live here, once:
+
+* a frame scores as its most-fake face (:func:`frame_probability`): one manipulated face makes it fake;
+* a video scores as the aggregate of its sampled frames (:func:`aggregate`: mean, max or median);
+* FAKE when the fake probability is at or above the threshold (:func:`label_for`), and the confidence is
+  the probability of the reported label.
+
+Standard library only, so a load-test client can import it without the network's dependencies.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Label = Literal["REAL", "FAKE"]
+MediaKind = Literal["image", "video"]
+AGGREGATIONS = ("mean", "max", "median")
+BOX_DECIMALS = 1
+"""Face boxes are reported in pixels to one decimal: finer would only report MTCNN's noise."""
+DETECTION_DECIMALS = 4
+
+
+class VerdictError(ValueError):
+    """A JSON answer that is not a valid verdict; ``problems`` lists every violation found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+# ------------------------------------------------------------------------------------------ scoring rules
+
+
+def frame_probability(face_probabilities: Sequence[float]) -> float:
+    """A frame's fake probability from those of its scored crops: the most-fake face decides."""
+    if not face_probabilities:
+        raise ValueError("a frame needs at least one scored crop (a face, or the centre crop)")
+    return float(max(face_probabilities))
+
+
+def aggregate(values: Sequence[float], method: str) -> float:
+    """A video's fake probability from its sampled frames' probabilities."""
+    if method == "mean":
+        return float(statistics.fmean(values))
+    if method == "max":
+        return float(max(values))
+    if method == "median":
+        return float(statistics.median(values))
+    raise ValueError(f"unknown aggregation {method!r}; use mean, max or median")
+
+
+def label_for(fake_probability: float, threshold: float) -> Label:
+    """FAKE at or above the threshold, REAL below it."""
+    return "FAKE" if fake_probability >= threshold else "REAL"
+
+
+def confidence_of(fake_probability: float, label: Label) -> float:
+    """The probability of the reported label."""
+    return fake_probability if label == "FAKE" else 1.0 - fake_probability
+
+
+# ------------------------------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class FaceScore:
+    """One scored face: its box in the full-resolution frame, MTCNN's confidence, and its fake probability."""
+
+    box: tuple[float, float, float, float]
+    detection_probability: float
+    fake_probability: float
+
+    @classmethod
+    def reported(cls, box: Sequence[float], detection_probability: float, fake_probability: float) -> FaceScore:
+        """A face at the precision the answer reports (boxes to 0.1 px, detection to 1e-4)."""
+        return cls(tuple(round(float(v), BOX_DECIMALS) for v in box),  # type: ignore[arg-type]
+                   round(float(detection_probability), DETECTION_DECIMALS), float(fake_probability))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"box": list(self.box), "detection_probability": self.detection_probability,
+                "fake_probability": self.fake_probability}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str, problems: list[str]) -> FaceScore | None:
+        if not isinstance(data, Mapping):
+            problems.append(f"{where} is not an object")
+            return None
+        box = data.get("box")
+        if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            problems.append(f"{where}.box is not four numbers")
+            return None
+        if not (box[0] < box[2] and box[1] < box[3]):
+            problems.append(f"{where}.box {box} is empty")
+        probabilities = [data.get(key) for key in ("detection_probability", "fake_probability")]
+        for key, value in zip(("detection_probability", "fake_probability"), probabilities, strict=True):
+            if not _is_probability(value):
+                problems.append(f"{where}.{key} is not a probability ({value!r})")
+        if not all(_is_probability(value) for value in probabilities):
+            return None
+        return cls(tuple(float(v) for v in box), float(probabilities[0]), float(probabilities[1]))  # type: ignore
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    """One scored frame (an image is a single frame, index 0): its faces, or none and a centre crop."""
+
+    index: int
+    fake_probability: float
+    faces: tuple[FaceScore, ...] = ()
+
+    @classmethod
+    def scored(cls, index: int, faces: Sequence[FaceScore], center_probability: float | None = None) -> FrameScore:
+        """A frame scored as its most-fake face, or as its centre crop when no face was found."""
+        if faces:
+            probability = frame_probability([face.fake_probability for face in faces])
+        elif center_probability is not None:
+            probability = float(center_probability)
+        else:
+            raise ValueError(f"frame {index} has neither faces nor a centre-crop score")
+        return cls(index, probability, tuple(faces))
+
+    @property
+    def face_detected(self) -> bool:
+        """False: no face in the frame, its centre crop was scored."""
+        return bool(self.faces)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "fake_probability": self.fake_probability,
+                "face_detected": self.face_detected, "faces": [face.to_json() for face in self.faces]}
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What was sent, as the decoder recognised it; ``total_frames`` and ``fps`` for videos only."""
+
+    type: MediaKind
+    format: str
+    width: int
+    height: int
+    total_frames: int | None = None
+    fps: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"type": self.type, "format": self.format, "width": self.width,
+                                "height": self.height}
+        if self.type == "video":
+            data |= {"total_frames": self.total_frames, "fps": self.fps}
+        return data
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model answered: name and version as served, the backbone, and whether the weights are trained."""
+
+    name: str
+    version: str
+    backbone: str
+    trained: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "backbone": self.backbone, "trained": self.trained}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one image or video.
+
+    ``frames`` holds one frame for an image (its faces are the answer's ``faces``) and the sampled frames for
+    a video; ``frame_stride`` and ``aggregation`` are set for videos only.
+    """
+
+    fake_probability: float
+    threshold: float
+    media: MediaInfo
+    model: ModelInfo
+    frames: tuple[FrameScore, ...]
+    frame_stride: int | None = None
+    aggregation: str | None = None
+
+    @classmethod
+    def of_image(cls, frame: FrameScore, threshold: float, media: MediaInfo, model: ModelInfo) -> Verdict:
+        return cls(frame.fake_probability, threshold, media, model, (frame,))
+
+    @classmethod
+    def of_video(
+        cls, frames: Sequence[FrameScore], threshold: float, media: MediaInfo, model: ModelInfo,
+        frame_stride: int, aggregation: str,
+    ) -> Verdict:
+        probability = aggregate([frame.fake_probability for frame in frames], aggregation)
+        return cls(probability, threshold, media, model, tuple(frames), frame_stride, aggregation)
+
+    @property
+    def label(self) -> Label:
+        return label_for(self.fake_probability, self.threshold)
+
+    @property
+    def is_fake(self) -> bool:
+        return self.label == "FAKE"
+
+    @property
+    def confidence(self) -> float:
+        return confidence_of(self.fake_probability, self.label)
+
+    @property
+    def face_detected(self) -> bool:
+        """False: no face anywhere, only centre crops were scored."""
+        return any(frame.face_detected for frame in self.frames)
+
+    @property
+    def faces(self) -> tuple[FaceScore, ...]:
+        """Every scored face, in frame order, most confident detection first within a frame."""
+        return tuple(face for frame in self.frames for face in frame.faces)
+
+    @property
+    def sampled_frame_indices(self) -> list[int]:
+        return [frame.index for frame in self.frames]
+
+    def to_json(self) -> dict[str, Any]:
+        """The response body; its keys and their order are the API (README, Response)."""
+        data: dict[str, Any] = {
+            "label": self.label,
+            "confidence": self.confidence,
+            "fake_probability": self.fake_probability,
+            "threshold": self.threshold,
+            "face_detected": self.face_detected,
+            "media": self.media.to_json(),
+            "model": self.model.to_json(),
+        }
+        if self.media.type == "image":
+            data["faces"] = [face.to_json() for face in self.frames[0].faces]
+        else:
+            data |= {"frame_stride": self.frame_stride, "aggregation": self.aggregation,
+                     "sampled_frame_indices": self.sampled_frame_indices,
+                     "frames": [frame.to_json() for frame in self.frames]}
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, kind: MediaKind | None = None) -> Verdict:
+        """Parse and validate an answer; raises :class:`VerdictError` listing every problem.
+
+        Besides types and ranges it checks what the rules imply: the label and confidence follow from the
+        fake probability and threshold, a frame's score is its most-fake face, ``face_detected`` says whether
+        a face was scored, and a video's frames are its ``sampled_frame_indices``. ``kind`` also requires
+        the media type.
+        """
+        problems: list[str] = []
+        verdict = _parse_verdict(data, kind, problems)
+        if problems or verdict is None:
+            raise VerdictError(problems or ["not a verdict"])
+        return verdict
+
+
+def verdict_problems(data: Any, kind: MediaKind | None = None) -> list[str]:
+    """What is wrong with an answer that claims to be a verdict (empty: nothing)."""
+    try:
+        Verdict.from_json(data, kind)
+    except VerdictError as error:
+        return error.problems
+    return []
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _parse_verdict(data: Any, kind: MediaKind | None, problems: list[str]) -> Verdict | None:
+    if not isinstance(data, Mapping):
+        problems.append(f"the answer is a {type(data).__name__}, not a JSON object")
+        return None
+    for key, check in (("label", lambda v: v in ("REAL", "FAKE")), ("confidence", _is_probability),
+                       ("fake_probability", _is_probability), ("threshold", _is_probability),
+                       ("face_detected", lambda v: isinstance(v, bool)),
+                       ("media", lambda v: isinstance(v, Mapping)), ("model", lambda v: isinstance(v, Mapping))):
+        if not check(data.get(key)):
+            problems.append(f"{key!r} is missing or invalid ({data.get(key)!r})")
+    if problems:
+        return None
+    media = _parse_media(data["media"], kind, problems)
+    model = _parse_model(data["model"], problems)
+    threshold, probability = float(data["threshold"]), float(data["fake_probability"])
+    if media is None or model is None:
+        return None
+    if media.type == "image":
+        faces = _parse_faces(data.get("faces"), "faces", problems)
+        if faces is None:
+            return None
+        if faces and abs(probability - frame_probability([face.fake_probability for face in faces])) > 1e-9:
+            problems.append("fake_probability is not the most-fake face's")
+        verdict = Verdict.of_image(FrameScore(0, probability, faces), threshold, media, model)
+    else:
+        verdict = _parse_video(data, probability, threshold, media, model, problems)
+    if verdict is None:
+        return None
+    if data["label"] != verdict.label:
+        problems.append(f"label {data['label']} contradicts fake_probability {probability} "
+                        f"(threshold {threshold})")
+    if abs(float(data["confidence"]) - verdict.confidence) > 1e-6:
+        problems.append(f"confidence {data['confidence']} is not the probability of {data['label']}")
+    if data["face_detected"] != verdict.face_detected:
+        problems.append(f"face_detected {data['face_detected']} but {len(verdict.faces)} face(s) scored")
+    return verdict
+
+
+def _parse_media(data: Mapping[str, Any], kind: MediaKind | None, problems: list[str]) -> MediaInfo | None:
+    media_type = data.get("type")
+    if media_type not in ("image", "video"):
+        problems.append(f"media.type {media_type!r} is neither image nor video")
+        return None
+    if kind is not None and media_type != kind:
+        problems.append(f"media.type is {media_type!r}, expected {kind!r}")
+    for key in ("format", "width", "height"):
+        if key not in data:
+            problems.append(f"media.{key} is missing")
+    if problems:
+        return None
+    return MediaInfo(media_type, data["format"], data["width"], data["height"], data.get("total_frames"),
+                     data.get("fps"))
+
+
+def _parse_model(data: Mapping[str, Any], problems: list[str]) -> ModelInfo | None:
+    types = {"name": str, "version": str, "backbone": str, "trained": bool}
+    wrong = [key for key, expected in types.items() if not isinstance(data.get(key), expected)]
+    for key in wrong:
+        problems.append(f"model.{key} is missing or has the wrong type")
+    return None if wrong else ModelInfo(data["name"], data["version"], data["backbone"], data["trained"])
+
+
+def _parse_faces(data: Any, where: str, problems: list[str]) -> tuple[FaceScore, ...] | None:
+    if not isinstance(data, list):
+        problems.append(f"{where} is not a list")
+        return None
+    faces = [FaceScore.from_json(face, f"{where}[{number}]", problems) for number, face in enumerate(data)]
+    return None if any(face is None for face in faces) else tuple(faces)  # type: ignore[arg-type]
+
+
+def _parse_video(
+    data: Mapping[str, Any], probability: float, threshold: float, media: MediaInfo, model: ModelInfo,
+    problems: list[str],
+) -> Verdict | None:
+    stride, aggregation, frames_data = data.get("frame_stride"), data.get("aggregation"), data.get("frames")
+    if not isinstance(stride, int) or isinstance(stride, bool):
+        problems.append(f"'frame_stride' is missing or invalid ({stride!r})")
+    if aggregation not in AGGREGATIONS:
+        problems.append(f"'aggregation' {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
+    if not isinstance(frames_data, list) or not frames_data:
+        problems.append("a video answer has no frames")
+        return None
+    frames = []
+    for position, frame in enumerate(frames_data):
+        where = f"frames[{position}]"
+        if not (isinstance(frame, Mapping) and isinstance(frame.get("index"), int)
+                and _is_probability(frame.get("fake_probability"))):
+            problems.append(f"{where} has no index or fake_probability")
+            continue
+        faces = _parse_faces(frame.get("faces"), f"{where}.faces", problems)
+        if faces is None:
+            continue
+        if faces and abs(frame["fake_probability"] - frame_probability([f.fake_probability for f in faces])) > 1e-9:
+            problems.append(f"{where}.fake_probability is not its most-fake face's")
+        if frame.get("face_detected") is not bool(faces):
+            problems.append(f"{where}.face_detected {frame.get('face_detected')!r} with {len(faces)} face(s)")
+        frames.append(FrameScore(frame["index"], float(frame["fake_probability"]), faces))
+    if data.get("sampled_frame_indices") != [frame.get("index") for frame in frames_data
+                                               if isinstance(frame, Mapping)]:
+        problems.append("frames' indices differ from sampled_frame_indices")
+    if problems:
+        return None
+    if abs(probability - aggregate([frame.fake_probability for frame in frames], aggregation)) > 1e-9:
+        problems.append(f"fake_probability {probability} is not the {aggregation} of the frames' probabilities")
+    return Verdict(probability, threshold, media, model, tuple(frames), stride, aggregation)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_probability(value: Any) -> bool:
+    return _is_number(value) and 0.0 <= value <= 1.0

@@ -1,0 +1,622 @@
+"""Throughput of the detector, in-process and served, on the same inputs in one run.
+
+    deepfake-benchmark            # `make benchmark`
+    deepfake-benchmark --quick    # fewer repetitions, shorter Locust runs, one forward runtime
+    deepfake-benchmark --sweep    # also serve 1080p photos under several batchSize/delay/worker settings
+
+Parts, all on the untrained seeded weights that `make mar` packs (speed does not depend on training):
+
+(a) the network alone at several batch sizes: the pipeline's PyTorch forward (channels_last, uint8 crops
+    normalised inside) and ONNX Runtime on an export of the same weights, against eager fp32 NCHW, each with
+    its largest difference in fake probability;
+(b) the whole pipeline in-process, as config/model-config.yaml configures it (forward runtime included), in
+    one process using every core, stage by stage (decode, detect, crop, forward) on the real face photos at
+    480p, 1080p and 4K and on the real face video, in batches of the served ``batchSize``, against a plain
+    reference (Pillow decode, facenet-pytorch MTCNN with its defaults on a copy downscaled to 640 px, eager
+    fp32 NCHW forward at batch 1), plus the faces each finds and the cost of video strides 1 and 10; without
+    --quick also with the other forward runtime. Sizes, reference and runtimes are timed in turns, one
+    sample of each per round (median of the rounds), so that drift of the machine's speed shifts them alike;
+(c) the same inputs served by a private TorchServe (an archive built by build_mar.build_archive from
+    config/model-config.yaml) at saturation, driven by Locust.
+
+It prints a markdown table ready for the README, the ratios served / in-process, in-process / reference,
+per-image cost of 1080p and 4K over 480p, and stride 10 over stride 1, and writes the figures as JSON to
+``reports/benchmark/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import cv2
+import numpy as np
+import torch
+import yaml
+from deepfake_detector.architecture import DeepfakeDetector
+from deepfake_detector.archive import DEFAULT_MODEL_NAME
+from deepfake_detector.config import PipelineSettings
+from deepfake_detector.cpu_tuning import keep_freed_memory, use_cpu_threads
+from deepfake_detector.pipeline import DetectionPipeline
+from deepfake_detector.runtimes import OnnxRuntimeForward
+from deepfake_detector.transforms import crop_and_resize, face_region, normalize
+from deepfake_detector.untrained import build_detector
+from deepfake_detector.weights import load_weights, save_weights
+from facenet_pytorch import MTCNN
+from PIL import Image
+
+from .build_mar import DEFAULT_SERVING_CONFIG, build_archive
+from .load_media import LoadMedia, make_load_media
+from .loadtest import run_locust, start_private_server, warm_up
+from .paths import REPORTS
+
+REPORT_DIR = REPORTS / "benchmark"
+MODEL_NAME = DEFAULT_MODEL_NAME
+IMAGE_SIZES = ("480p", "1080p", "4k")
+REFERENCE_DETECT_SIDE = 640
+
+
+@dataclass
+class Timing:
+    """Median seconds per item of each stage over the repetitions, and items per second; ``rounds_ms`` keeps
+    every round's ms per item, so that measurements taken in the same rounds can be compared round by round."""
+
+    stages_ms: dict[str, float]
+    ms_per_item: float
+    rounds_ms: list[float] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        return 1000.0 / self.ms_per_item if self.ms_per_item > 0 else float("nan")
+
+
+@dataclass
+class Results:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    network: list[dict[str, Any]] = field(default_factory=list)
+    pipeline: dict[str, dict[str, Any]] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
+    video_stride: dict[str, Any] = field(default_factory=dict)
+    freed_memory: dict[str, dict[str, float]] = field(default_factory=dict)
+    served: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sweep: list[dict[str, Any]] = field(default_factory=list)
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+def median_timing(run: Callable[[], dict[str, float]], items: int, repeats: int) -> Timing:
+    """Run ``repeats`` times (after one warm-up); ``run`` returns seconds by stage for ``items`` items."""
+    return interleaved_timings({"run": (run, items)}, repeats)["run"]
+
+
+def interleaved_timings(runs: dict[str, tuple[Callable[[], dict[str, float]], int]], repeats: int) -> dict[str, Timing]:
+    """Median timings of several measurements taken in turns, one sample of each per round.
+
+    Measurements that are compared with each other (480p against 4K, ours against the reference) share every
+    round, so a machine whose speed drifts during the run (other tenants, heat) shifts them all alike.
+    """
+    for run, _ in runs.values():
+        run()
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, (run, _) in runs.items():
+            samples[name].append(run())
+    timings = {}
+    for name, (_, items) in runs.items():
+        taken = samples[name]
+        stages = {stage: 1000 * statistics.median(s[stage] for s in taken) / items for stage in taken[0]}
+        rounds = [1000 * sum(s.values()) / items for s in taken]
+        timings[name] = Timing(stages, statistics.median(rounds), rounds)
+    return timings
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """Median, lowest and highest of the round-by-round ratios of two measurements taken in the same rounds."""
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+# ---------------------------------------------------------------- the straightforward reference
+
+
+class ReferencePipeline:
+    """The baseline the issue names: Pillow decode, MTCNN defaults on a 640 px copy, eager fp32 NCHW at batch 1."""
+
+    def __init__(self, model: DeepfakeDetector, settings: PipelineSettings) -> None:
+        self.model = model.eval()
+        self.settings = settings
+        self.mtcnn = MTCNN(keep_all=True, device="cpu")
+        self.config = model.config
+
+    def decode(self, body: bytes) -> np.ndarray:
+        import io
+
+        with Image.open(io.BytesIO(body)) as image:
+            return np.asarray(image.convert("RGB"))
+
+    def detect(self, frame: np.ndarray) -> list[tuple[tuple[float, float, float, float], float]]:
+        height, width = frame.shape[:2]
+        scale = min(1.0, REFERENCE_DETECT_SIDE / max(width, height))
+        small = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+        boxes, probabilities = self.mtcnn.detect(small)
+        faces = []
+        for box, probability in zip(boxes if boxes is not None else [], probabilities if boxes is not None else []):
+            if probability >= self.settings.min_face_probability:
+                faces.append((tuple(float(v) / scale for v in box), float(probability)))
+        faces.sort(key=lambda face: -face[1])
+        return faces[: self.settings.max_faces_per_frame]
+
+    def crops(self, frame: np.ndarray, faces: list) -> list[np.ndarray]:
+        height, width = frame.shape[:2]
+        return [crop_and_resize(frame, face_region(box, width, height, self.model.config.face_margin),
+                                self.config.input_size) for box, _ in faces]
+
+    def forward(self, crops: list[np.ndarray]) -> list[float]:
+        probabilities = []
+        with torch.inference_mode():
+            for crop in crops:
+                images = normalize(torch.from_numpy(crop[None]), self.config.mean, self.config.std).contiguous()
+                probabilities.append(float(self.model.fake_probability(self.model(images))[0]))
+        return probabilities
+
+    def timed_batch(self, bodies: list[bytes]) -> dict[str, float]:
+        """Seconds by stage for the bodies one after another, as the reference serves them."""
+        total: dict[str, float] = {}
+        for body in bodies:
+            for stage, seconds in self.timed(body).items():
+                total[stage] = total.get(stage, 0.0) + seconds
+        return total
+
+    def timed(self, body: bytes) -> dict[str, float]:
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        frame = self.decode(body)
+        seconds["decode"] = time.perf_counter() - (start)
+        mark = time.perf_counter()
+        faces = self.detect(frame)
+        seconds["detect"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        crops = self.crops(frame, faces)
+        seconds["crop"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        self.forward(crops)
+        seconds["forward"] = time.perf_counter() - mark
+        return seconds
+
+
+# ---------------------------------------------------------------- (a) the network alone
+
+
+def bench_network(pipeline: DetectionPipeline, reference: DeepfakeDetector, batch_sizes: list[int],
+                  repeats: int, onnx_forward: OnnxRuntimeForward | None = None) -> list[dict[str, Any]]:
+    config = pipeline.config
+    generator = np.random.default_rng(0)
+    rows = []
+    for batch in batch_sizes:
+        crops = generator.integers(0, 256, (batch, config.input_size, config.input_size, 3), dtype=np.uint8)
+
+        def ours(crops: np.ndarray = crops) -> dict[str, float]:
+            start = time.perf_counter()
+            pipeline.classify(crops)
+            return {"forward": time.perf_counter() - start}
+
+        def eager(crops: np.ndarray = crops) -> dict[str, float]:
+            start = time.perf_counter()
+            with torch.inference_mode():
+                images = normalize(torch.from_numpy(crops), config.mean, config.std).contiguous()
+                reference.fake_probability(reference(images))
+            return {"forward": time.perf_counter() - start}
+
+        fast, slow = median_timing(ours, batch, repeats), median_timing(eager, batch, repeats)
+        with torch.inference_mode():
+            images = normalize(torch.from_numpy(crops), config.mean, config.std).contiguous()
+            expected = reference.fake_probability(reference(images)).numpy()
+        difference = float(np.abs(pipeline.classify(crops) - expected).max())
+        row = {"batch": batch, "pipeline_img_s": fast.per_second, "eager_nchw_img_s": slow.per_second,
+               "max_abs_prob_diff": difference}
+        if onnx_forward is not None:
+
+            def ort(images: torch.Tensor = images) -> dict[str, float]:
+                start = time.perf_counter()
+                onnx_forward(images)
+                return {"forward": time.perf_counter() - start}
+
+            row["onnxruntime_img_s"] = median_timing(ort, batch, repeats).per_second
+            probabilities = reference.fake_probability(onnx_forward(images)).numpy()
+            row["onnxruntime_max_abs_prob_diff"] = float(np.abs(probabilities - expected).max())
+        rows.append(row)
+        print(f"  network batch {batch:>2}: pipeline {fast.per_second:6.1f} img/s, eager NCHW "
+              f"{slow.per_second:6.1f} img/s, max |dp| {difference:.1e}"
+              + (f"; onnxruntime {row['onnxruntime_img_s']:6.1f} img/s, max |dp| "
+                 f"{row['onnxruntime_max_abs_prob_diff']:.1e}" if onnx_forward is not None else ""), flush=True)
+    return rows
+
+
+def onnx_forward_for(model: DeepfakeDetector, folder: Path, threads: int) -> OnnxRuntimeForward | None:
+    """ONNX Runtime on a fresh export of ``model``, or None when onnxruntime is not installed."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("  (onnxruntime is not installed: its column is left out)")
+        return None
+    path = folder / "network.onnx"
+    path.unlink(missing_ok=True)  # always the weights measured in this run
+    return OnnxRuntimeForward(model, path, threads)
+
+
+# ---------------------------------------------------------------- (b) the pipeline in-process
+
+
+def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, media: LoadMedia, batch: int,
+                   repeats: int, alternative: DetectionPipeline | None = None) -> dict[str, dict[str, Any]]:
+    """``alternative``: the same pipeline with the other forward runtime; when given, the photos are also timed
+    with it, for comparison."""
+    inputs = {size: [p.read_bytes() for p in media.photos_of_size(size)] for size in IMAGE_SIZES}
+    runs: dict[str, tuple[Callable[[], dict[str, float]], int]] = {}
+    for size, bodies in inputs.items():
+        batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
+        runs[f"{size} ours"] = (lambda b=batch_bodies: pipeline.score_batch(b).stage_seconds, batch)
+        runs[f"{size} reference"] = (lambda b=batch_bodies: reference.timed_batch(b), batch)
+        if alternative is not None:
+            runs[f"{size} other forward"] = (lambda b=batch_bodies: alternative.score_batch(b).stage_seconds, batch)
+    timings = interleaved_timings(runs, repeats)
+    results: dict[str, dict[str, Any]] = {}
+    for size in inputs:
+        ours, base = timings[f"{size} ours"], timings[f"{size} reference"]
+        results[size] = {"kind": "image", "pipeline": ours.__dict__ | {"per_s": ours.per_second},
+                         "reference": base.__dict__ | {"per_s": base.per_second},
+                         "speedup": ours.per_second / base.per_second}
+        print(f"  {size:>6}: pipeline {ours.ms_per_item:6.1f} ms/img {_stages(ours)}; reference "
+              f"{base.ms_per_item:6.1f} ms/img {_stages(base)}; x{ours.per_second / base.per_second:.2f}", flush=True)
+        if alternative is not None:
+            other = timings[f"{size} other forward"]
+            results[size]["pipeline_other_forward"] = other.__dict__ | {"per_s": other.per_second}
+            print(f"          same pipeline, {alternative.settings.forward} forward: {other.ms_per_item:6.1f} ms/img "
+                  f"{_stages(other)}", flush=True)
+    video = media.videos["carphone"].read_bytes()
+    video_batch = [video] * max(1, batch // 4)
+    ours = median_timing(lambda: pipeline.score_batch(video_batch).stage_seconds, len(video_batch), repeats)
+    frames = len(pipeline.score(video).frames)
+    results["video"] = {"kind": "video", "frames_per_request": frames,
+                        "pipeline": ours.__dict__ | {"per_s": ours.per_second}}
+    print(f"  video carphone ({frames} frames): pipeline {ours.ms_per_item:6.1f} ms/request {_stages(ours)}",
+          flush=True)
+    return results
+
+
+def _stages(timing: Timing) -> str:
+    return "(" + ", ".join(f"{k} {v:.1f}" for k, v in timing.stages_ms.items()) + ")"
+
+
+def compare_quality(pipeline: DetectionPipeline, reference: ReferencePipeline, media: LoadMedia) -> dict[str, Any]:
+    """Faces found by both, largest box difference (px), and largest fake-probability difference on the same crops."""
+    worst_box, worst_prob, mismatches = 0.0, 0.0, []
+    bodies = {f"{name}_{size}": path.read_bytes()
+              for name, sizes in media.photos.items() for size, path in sizes.items()}
+    for label, body in bodies.items():
+        frame = reference.decode(body)
+        ours = pipeline.face_detector.detect([frame])[0]
+        theirs = reference.detect(frame)
+        if len(ours) != len(theirs):
+            mismatches.append(f"{label}: {len(ours)} faces vs reference {len(theirs)}")
+            continue
+        # In pixels of the 640 px detection copy, where both detectors look for faces.
+        to_copy = min(1.0, REFERENCE_DETECT_SIDE / max(frame.shape[:2]))
+        for face, (box, _) in zip(ours, theirs):
+            worst_box = max(worst_box, to_copy * max(abs(a - b) for a, b in zip(face.box, box)))
+        crops = np.stack(reference.crops(frame, theirs)) if theirs else None
+        if crops is not None:
+            expected = np.array(reference.forward(list(crops)))
+            worst_prob = max(worst_prob, float(np.abs(pipeline.classify(crops) - expected).max()))
+    video = pipeline.score(media.videos["carphone"].read_bytes())
+    video_faces = sum(frame.face_detected for frame in video.frames)
+    return {"max_box_diff_px": worst_box, "max_prob_diff": worst_prob, "mismatches": mismatches,
+            "video_frames_with_face": f"{video_faces}/{len(video.frames)}"}
+
+
+def variant(pipeline: DetectionPipeline, **changes: Any) -> DetectionPipeline:
+    """The same network and forward runtime with other settings (``pipeline`` itself when nothing changes)."""
+    settings = pipeline.settings.replace(**changes)
+    if settings == pipeline.settings:
+        return pipeline
+    onnx_file = getattr(pipeline.runtime, "path", None)  # the ONNX Runtime export, when that runs
+    return DetectionPipeline(pipeline.model, settings, onnx_file=onnx_file)
+
+
+def bench_video_stride(pipeline: DetectionPipeline, media: LoadMedia, repeats: int) -> dict[str, Any]:
+    """The carphone video scored at stride 1 and stride 10, every sampled frame (no max_frames cap)."""
+    body = media.videos["carphone"].read_bytes()
+    costs = {}
+    for stride in (1, 10):
+        strided = variant(pipeline, frame_stride=stride, max_frames=100_000)
+        costs[stride] = median_timing(lambda p=strided: p.score_batch([body]).stage_seconds, 1, repeats)
+    ratio = costs[10].ms_per_item / costs[1].ms_per_item
+    print(f"  video stride 1: {costs[1].ms_per_item:.0f} ms, stride 10: {costs[10].ms_per_item:.0f} ms "
+          f"(ratio {ratio:.3f})", flush=True)
+    return {"stride_1_ms": costs[1].ms_per_item, "stride_10_ms": costs[10].ms_per_item, "ratio": ratio,
+            "stride_1_stages_ms": costs[1].stages_ms, "stride_10_stages_ms": costs[10].stages_ms}
+
+
+# Decodes photos in a fresh process with freed memory kept up to argv[1] MB (0: glibc's defaults) and prints,
+# as JSON, the median ms per photo of argv[2] rounds for each size of the {size: [paths]} in argv[3].
+_DECODE_PROBE = """
+import json, statistics, sys, time
+from pathlib import Path
+from deepfake_detector import PipelineSettings
+from deepfake_detector.media import decode_media
+from deepfake_detector.cpu_tuning import keep_freed_memory, use_cpu_threads
+use_cpu_threads(1)
+keep_freed_memory(int(sys.argv[1]))
+settings, medians = PipelineSettings(), {}
+for size, paths in json.loads(sys.argv[3]).items():
+    bodies, rounds = [Path(p).read_bytes() for p in paths], []
+    for round_number in range(int(sys.argv[2]) + 1):
+        started = time.perf_counter()
+        for body in bodies:
+            decode_media(body, settings)
+        if round_number:
+            rounds.append((time.perf_counter() - started) / len(bodies))
+    medians[size] = statistics.median(rounds) * 1e3
+print(json.dumps(medians))
+"""
+
+
+def bench_freed_memory(media: LoadMedia, megabytes: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Decoding the photos in fresh processes, glibc's defaults against freed memory kept, in turns."""
+    photos = json.dumps({size: [str(p) for p in media.photos_of_size(size)] for size in IMAGE_SIZES})
+    samples: dict[int, list[dict[str, float]]] = {0: [], megabytes: []}
+    for _ in range(3):
+        for setting, runs in samples.items():
+            probe = [sys.executable, "-c", _DECODE_PROBE, str(setting), str(4 * repeats), photos]
+            runs.append(json.loads(subprocess.run(probe, check=True, capture_output=True, text=True).stdout))
+    results: dict[str, dict[str, float]] = {}
+    for size in IMAGE_SIZES:
+        default_ms = statistics.median(run[size] for run in samples[0])
+        kept_ms = statistics.median(run[size] for run in samples[megabytes])
+        results[size] = {"glibc_default_ms": default_ms, "kept_ms": kept_ms, "ratio": kept_ms / default_ms}
+        print(f"  decode {size:>5}: glibc defaults {default_ms:5.1f} ms, freed memory kept {kept_ms:5.1f} ms "
+              f"(x{kept_ms / default_ms:.2f})", flush=True)
+    return results
+
+
+# ---------------------------------------------------------------- (c) served
+
+
+def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run_time: str,
+                 label: str = "served") -> dict[str, dict[str, Any]]:
+    instance = start_private_server(run_dir, archive)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for size in IMAGE_SIZES:
+            warm_up(instance, MODEL_NAME, None, media.photos_of_size(size)[0].read_bytes(), count=1)
+        warm_up(instance, MODEL_NAME, None, media.videos["carphone"].read_bytes(), count=1)
+        token = instance.keys()["inference"]
+        cases = [(size, "ImageUser", {"DFD_IMAGE_SIZES": size}) for size in IMAGE_SIZES]
+        cases.append(("video", "VideoUser", {"DFD_VIDEOS": "carphone"}))
+        for name, user_class, env in cases:
+            # A video request holds a dozen frames: half the users still keep a full batch queued for every
+            # worker (fewer let one worker take them all while the other idles), and twice the run time
+            # holds several of those long batches.
+            video = name == "video"
+            summary = run_locust(instance.inference_url, token, run_dir / "locust" / name, user_class,
+                                 max(2, users // 2) if video else users,
+                                 f"{2 * _seconds(run_time)}s" if video else run_time, extra_env=env)
+            results[name] = summary.as_dict()
+            print(f"  {label} {name:>6}: {summary.line()}", flush=True)
+    finally:
+        instance.stop()
+    return results
+
+
+def _seconds(run_time: str) -> int:
+    """Locust's run time ("30s", "2m", "1h") in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    return int(run_time[:-1]) * units[run_time[-1]] if run_time[-1] in units else int(run_time)
+
+
+def sweep_configs(quick: bool) -> list[dict[str, Any]]:
+    """TorchServe batching, worker count and forward runtime around the shipped defaults (8, 50 ms, 2, ORT)."""
+    grid = [(1, 0, 2, "onnxruntime"), (4, 20, 2, "onnxruntime"), (8, 50, 2, "onnxruntime"),
+            (16, 100, 2, "onnxruntime"), (8, 50, 1, "onnxruntime"), (8, 50, 2, "torch"), (8, 50, 1, "torch")]
+    return [{"batchSize": b, "maxBatchDelay": d, "minWorkers": w, "maxWorkers": w, "forward": f}
+            for b, d, w, f in grid[: 3 if quick else None]]
+
+
+def other_forward(results: Results) -> str:
+    return "torch" if results.settings.get("forward") == "onnxruntime" else "onnxruntime"
+
+
+# ---------------------------------------------------------------- report
+
+
+def markdown(results: Results, command: str) -> str:
+    nan = float("nan")
+    settings = results.settings
+    lines = [f"Command: `{command}` ({results.machine['when']}, {results.machine['cpus']} CPU cores, "
+             f"{results.machine['gpu'] or 'no GPU'}; in-process: one process, {results.machine['torch_threads']} "
+             f"threads; served: {settings['workers']} workers x {settings['threads_per_worker']} threads; forward "
+             f"{settings['forward']}, batchSize {settings['batchSize']}, maxBatchDelay {settings['maxBatchDelay']} ms)",
+             "",
+             "| input | decode | detect | crop | forward | in-process /s | reference /s | in-process / reference "
+             f"| served /s | p50 / p95 ms | served / in-process | in-process, {other_forward(results)} forward /s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in results.pipeline.items():
+        stages = row["pipeline"]["stages_ms"]
+        served = results.served.get(name, {})
+        reference = row.get("reference")
+        served_rate = served.get("steady_requests_per_s", float("nan"))
+        lines.append(
+            f"| {name if name != 'video' else 'video carphone (' + str(row['frames_per_request']) + ' frames)'} "
+            + "".join(f"| {stages[s]:.1f} ms " for s in ("decode", "detect", "crop", "forward"))
+            + f"| {row['pipeline']['per_s']:.2f} "
+            + (f"| {reference['per_s']:.2f} | {row['speedup']:.2f} " if reference else "| - | - ")
+            + f"| {served_rate:.2f} | {served.get('p50_ms', nan):.0f} / {served.get('p95_ms', nan):.0f} "
+            + f"| {served_rate / row['pipeline']['per_s']:.2f} "
+            + f"| {row.get('pipeline_other_forward', {}).get('per_s', nan):.2f} |")
+    lines += ["", "Stage columns are in-process milliseconds per image (per request for the video).", "",
+              "| network batch | pipeline forward img/s | eager fp32 NCHW img/s | max abs prob diff "
+              "| ONNX Runtime img/s | its max abs prob diff |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['pipeline_img_s']:.1f} | {r['eager_nchw_img_s']:.1f} "
+              f"| {r['max_abs_prob_diff']:.1e} | {r.get('onnxruntime_img_s', nan):.1f} "
+              f"| {r.get('onnxruntime_max_abs_prob_diff', nan):.1e} |" for r in results.network]
+    ratios = results.ratios
+    lines += ["", "| check | measured | target |", "|---|---|---|"]
+    for key, target in (("served_over_inprocess_480p", ">= 0.95"), ("served_over_inprocess_1080p", ">= 0.95"),
+                        ("served_over_inprocess_4k", ">= 0.95"), ("inprocess_over_reference_480p", ">= 1.5"),
+                        ("inprocess_over_reference_1080p", ">= 1.5"), ("cost_1080p_over_480p", "<= 1.3"),
+                        ("cost_4k_over_480p", "<= 1.3"), ("video_stride10_over_stride1", "<= 0.25")):
+        if key in ratios:
+            spread = (f" (rounds {ratios[key + '_lowest']:.2f}-{ratios[key + '_highest']:.2f})"
+                      if key + "_lowest" in ratios else "")
+            lines.append(f"| {key.replace('_', ' ')} | {ratios[key]:.2f}{spread} | {target} |")
+    quality = results.quality
+    lines += ["", f"Quality: same faces as the reference on every photo: {not quality['mismatches']} "
+              f"(largest box difference {quality['max_box_diff_px']:.1f} px of the 640 px detection copy; the "
+              f"reference searches from 20 px faces, the pipeline from min_face_size); largest fake-probability "
+              f"difference from eager fp32 on the same crops {quality['max_prob_diff']:.1e}; carphone frames with "
+              f"a face {quality['video_frames_with_face']}."]
+    if results.freed_memory:
+        lines += ["", "Decoding alone, one thread, each in fresh processes: glibc's default allocator settings against "
+                  "freed memory kept (`keep_freed_mb`): " + ", ".join(
+                      f"{size} {row['glibc_default_ms']:.1f} -> {row['kept_ms']:.1f} ms (x{row['ratio']:.2f})"
+                      for size, row in results.freed_memory.items()) + "."]
+    if results.sweep:
+        lines += ["", "| batchSize | maxBatchDelay ms | workers x threads | forward | 1080p served /s | p50 / p95 ms |",
+                  "|---|---|---|---|---|---|"]
+        for row in results.sweep:
+            lines.append(f"| {row['batchSize']} | {row['maxBatchDelay']} | {row['minWorkers']} x "
+                         f"{max(1, (os.cpu_count() or 1) // row['minWorkers'])} | {row['forward']} "
+                         f"| {row['steady_requests_per_s']:.2f} | {row['p50_ms']:.0f} / {row['p95_ms']:.0f} |")
+    return "\n".join(lines)
+
+
+def compute_ratios(results: Results) -> dict[str, float]:
+    ratios: dict[str, float] = {}
+    for name, row in results.pipeline.items():
+        if name in results.served and row["pipeline"]["per_s"] > 0:
+            served = results.served[name]["steady_requests_per_s"]
+            ratios[f"served_over_inprocess_{name}"] = served / row["pipeline"]["per_s"]
+        if "speedup" in row:
+            ratios[f"inprocess_over_reference_{name}"] = row["speedup"]
+    # Sizes are timed in the same rounds: the ratio of each round, then their median (and range, for the report).
+    base = results.pipeline["480p"]["pipeline"]["rounds_ms"]
+    for size in ("1080p", "4k"):
+        median, low, high = paired_ratio(results.pipeline[size]["pipeline"]["rounds_ms"], base)
+        ratios[f"cost_{size}_over_480p"] = median
+        ratios[f"cost_{size}_over_480p_lowest"], ratios[f"cost_{size}_over_480p_highest"] = low, high
+    if results.video_stride:
+        ratios["video_stride10_over_stride1"] = results.video_stride["ratio"]
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, shorter served runs")
+    parser.add_argument("--sweep", action="store_true", help="also sweep batchSize / maxBatchDelay / workers")
+    parser.add_argument("--skip-served", action="store_true", help="in-process parts only (no TorchServe)")
+    parser.add_argument("--served-time", default=None, help="Locust run time per served input (default 30s, quick 15s)")
+    parser.add_argument("--users", type=int, default=None, help="Locust users (default 2 x batchSize x workers)")
+    parser.add_argument("--report-dir", type=Path, default=REPORT_DIR)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    repeats = 2 if args.quick else 7
+    run_time = args.served_time or ("15s" if args.quick else "30s")
+
+    serving = yaml.safe_load(DEFAULT_SERVING_CONFIG.read_text())
+    settings = PipelineSettings.from_mapping(serving.get("handler"))
+    workers = int(serving.get("minWorkers", 1))
+    batch = int(serving.get("batchSize", 1))
+    # In-process is one process with the whole machine; served is the archive's workers x threads.
+    threads = settings.cpu_threads or (os.cpu_count() or 1)
+    threads_per_worker = settings.cpu_threads or max(1, (os.cpu_count() or 1) // workers)
+    use_cpu_threads(threads)
+    keep_freed_memory(settings.keep_freed_mb)  # as the served workers do
+    users = args.users or 2 * batch * workers
+
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    media = make_load_media()
+    weights = args.report_dir / "weights.safetensors"
+    save_weights(build_detector(seed=0), weights)
+    reference_model = load_weights(weights).eval()
+    reference = ReferencePipeline(reference_model, settings)
+    onnx_forward = onnx_forward_for(reference_model, args.report_dir, threads)
+    pipelines = {"torch": DetectionPipeline.from_weights(weights, settings.replace(forward="torch"), version="bench")}
+    if onnx_forward is not None:
+        pipelines["onnxruntime"] = DetectionPipeline.from_weights(
+            weights, settings.replace(forward="onnxruntime"), version="bench", onnx_file=onnx_forward.path)
+    pipeline = pipelines.get(settings.forward, pipelines["torch"])
+    alternative = None if args.quick else next((p for p in pipelines.values() if p is not pipeline), None)
+    results = Results(
+        machine={"when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpus": os.cpu_count(),
+                 "torch_threads": threads, "platform": platform.platform(), "torch": torch.__version__,
+                 "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        settings={"batchSize": batch, "maxBatchDelay": serving.get("maxBatchDelay"), "workers": workers,
+                  "threads_per_worker": threads_per_worker, "forward": pipeline.settings.forward,
+                  "users": users, "served_time": run_time, "handler": serving.get("handler")},
+    )
+    print("(a) network alone", flush=True)
+    results.network = bench_network(pipelines["torch"], reference_model, [1, 8] if args.quick else [1, 4, 8, 16],
+                                    repeats, onnx_forward)
+    print(f"(b) pipeline in-process ({pipeline.settings.forward} forward, {threads} threads) vs reference", flush=True)
+    results.pipeline = bench_pipeline(pipeline, reference, media, batch, repeats, alternative)
+    results.quality = compare_quality(pipeline, reference, media)
+    results.video_stride = bench_video_stride(pipeline, media, max(1, repeats // 2))
+    if settings.keep_freed_mb > 0:
+        results.freed_memory = bench_freed_memory(media, settings.keep_freed_mb, repeats)
+    if not args.skip_served:
+        print(f"(c) served by TorchServe, Locust {users} users x {run_time} per input", flush=True)
+        store = args.report_dir / "store"
+        archive = build_archive("bench", weights, MODEL_NAME, store)
+        results.served = bench_served(archive, args.report_dir / "run", media, users, run_time)
+        if args.sweep:
+            for number, config in enumerate(sweep_configs(args.quick)):
+                serving_overrides = {k: v for k, v in config.items() if k != "forward"}
+                swept = build_archive(f"sweep{number}", weights, MODEL_NAME, store, serving_overrides=serving_overrides,
+                                      handler_overrides={"forward": config["forward"]})
+                row = bench_served_one(swept, args.report_dir / f"run-sweep{number}", media,
+                                       max(users, 2 * config["batchSize"] * config["minWorkers"]), run_time)
+                results.sweep.append(config | row)
+    results.ratios = compute_ratios(results)
+
+    command = "deepfake-benchmark" + (" --quick" if args.quick else "") + (" --sweep" if args.sweep else "")
+    table = markdown(results, command)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    payload = json.dumps(results.__dict__, indent=2, default=float)
+    (args.report_dir / f"benchmark-{stamp}.json").write_text(payload)
+    (args.report_dir / "latest.json").write_text(payload)
+    (args.report_dir / "latest.md").write_text(table + "\n")
+    print("\n" + table)
+    print(f"\nwritten: {args.report_dir / 'latest.json'}, {args.report_dir / 'latest.md'} "
+          f"({time.monotonic() - started:.0f} s)")
+    return 0
+
+
+def bench_served_one(archive: Path, run_dir: Path, media: LoadMedia, users: int, run_time: str) -> dict[str, Any]:
+    """Served 1080p photos under one archive's TorchServe settings (for the sweep)."""
+    instance = start_private_server(run_dir, archive)
+    try:
+        warm_up(instance, MODEL_NAME, None, media.photos_of_size("1080p")[0].read_bytes(), count=2)
+        summary = run_locust(instance.inference_url, instance.keys()["inference"], run_dir / "locust" / "1080p",
+                             "ImageUser", users, run_time, extra_env={"DFD_IMAGE_SIZES": "1080p"})
+    finally:
+        instance.stop()
+    print(f"  sweep {archive.stem}: {summary.line()}", flush=True)
+    return summary.as_dict()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

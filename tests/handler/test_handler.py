@@ -1,0 +1,96 @@
+"""The TorchServe handler without the Java frontend, against a real archive unpacked from disk.
+
+The stand-in for TorchServe's context is the one golden requests use at build time (``golden.ArchiveContext``):
+it reads the archive's manifest and model-config.yaml and records the per-request statuses the handler sets;
+everything else (archive, weights, pipeline) is real.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deepfake_detector.archive import archive_path
+from deepfake_ops.golden import ArchiveContext
+
+from tests.support import MODEL_NAME
+
+
+def unpack(model_store: Path, version: str, target: Path) -> Path:
+    with zipfile.ZipFile(archive_path(model_store, MODEL_NAME, version)) as archive:
+        archive.extractall(target)
+    return target
+
+
+def load_handler_class(model_dir: Path) -> type:
+    spec = importlib.util.spec_from_file_location("torchserve_handler_under_test", model_dir / "torchserve_handler.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    classes = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__]
+    assert len(classes) == 1, "TorchServe requires exactly one class in the handler module"
+    return classes[0]
+
+
+@pytest.fixture(scope="module")
+def handler_and_context(model_store, tmp_path_factory) -> tuple[Any, ArchiveContext]:
+    model_dir = unpack(model_store, "1.0", tmp_path_factory.mktemp("v1"))
+    context = ArchiveContext(model_dir)
+    handler = load_handler_class(model_dir)()
+    handler.initialize(context)
+    return handler, context
+
+
+def test_a_batch_gets_one_response_and_status_per_request(handler_and_context, media):
+    handler, context = handler_and_context
+    context.statuses.clear()
+    batch = [
+        {"body": media.astronaut.read_bytes()},
+        {"body": b"\x00\x01 definitely not media"},
+        {"data": bytearray(media.face_video.read_bytes())},
+        {"body": {"image": "face.jpg"}},  # what TorchServe hands over for a JSON body
+        {"file": media.cat.read_bytes()},  # a multipart form field
+        {"body": b""},
+    ]
+    responses = handler.handle(batch, context)
+    assert len(responses) == len(batch)
+    assert context.statuses == {1: 415, 3: 415, 5: 400}
+    assert responses[0]["face_detected"] is True and responses[0]["model"]["version"] == "1.0"
+    assert responses[2]["media"]["type"] == "video"
+    assert responses[4]["face_detected"] is False
+    assert responses[1]["error"] == "unsupported_media" and "octet-stream" in responses[3]["detail"]
+    assert responses[5] == {"error": "empty_body", "detail": responses[5]["detail"]}
+    assert all(context.content_types[i] == "application/json" for i in range(len(batch)))
+    json.dumps(responses)  # every response is JSON-serialisable
+
+
+def test_untrained_weights_are_announced(handler_and_context, media):
+    handler, context = handler_and_context
+    response = handler.handle([{"body": media.grace_hopper.read_bytes()}], context)[0]
+    assert response["model"]["trained"] is False
+
+
+def test_handler_settings_come_from_the_archive(model_store, tmp_path, media):
+    model_dir = unpack(model_store, "2.0", tmp_path)
+    context = ArchiveContext(model_dir)
+    handler = load_handler_class(model_dir)()
+    handler.initialize(context)
+    response = handler.handle([{"body": media.face_video.read_bytes()}], context)[0]
+    assert response["sampled_frame_indices"] == [0, 20, 40, 60]
+    assert response["threshold"] == 0.6 and response["model"]["version"] == "2.0"
+
+
+def test_tampered_weights_are_refused_at_load(model_store, tmp_path):
+    model_dir = unpack(model_store, "1.0", tmp_path)
+    weights = model_dir / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    handler = load_handler_class(model_dir)()
+    with pytest.raises(ValueError, match="sha256"):  # the archive's own copy of ArchiveError
+        handler.initialize(ArchiveContext(model_dir))

@@ -1,0 +1,50 @@
+"""Throughput tooling: the load-test media, the response schema, the CPU face detector's parity with
+facenet-pytorch, a short real Locust run against a real TorchServe, and a miniature benchmark.
+
+Speed itself is not asserted here (the benchmark measures it); these tests check that the tools measure
+the right thing and that the faster code gives the same answers.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+from deepfake_detector import build_detector
+
+
+def test_benchmark_reference_and_pipeline_agree_and_the_table_renders(default_pipeline, load_media):
+    from deepfake_ops import benchmark
+
+    reference = benchmark.ReferencePipeline(build_detector(seed=0), default_pipeline.settings)
+    quality = benchmark.compare_quality(default_pipeline, reference, load_media)
+    assert quality["mismatches"] == [], quality
+    assert quality["max_prob_diff"] <= 1e-4, quality
+    network = benchmark.bench_network(default_pipeline, reference.model, [2], repeats=1)
+    assert network[0]["max_abs_prob_diff"] <= 1e-4 and network[0]["pipeline_img_s"] > 0
+
+    results = benchmark.Results(
+        machine={"when": "now", "cpus": 2, "torch_threads": torch.get_num_threads(), "gpu": None},
+        settings={"batchSize": 2, "maxBatchDelay": 50, "workers": 2, "threads_per_worker": 1, "forward": "onnxruntime"},
+        network=network, quality=quality,
+    )
+    # Rounds taken together: 4K costs 1.25, 1.20 and 1.30 times 480p, round by round.
+    rounds = {"480p": [100.0, 110.0, 90.0], "1080p": [120.0, 120.0, 120.0], "4k": [125.0, 132.0, 117.0]}
+    results.pipeline = {size: _fake_row(taken) for size, taken in rounds.items()}
+    results.served = {"480p": {"steady_requests_per_s": 9.6, "p50_ms": 500, "p95_ms": 800}}
+    results.ratios = benchmark.compute_ratios(results)
+    assert results.ratios["served_over_inprocess_480p"] == pytest.approx(0.96)
+    assert results.ratios["cost_4k_over_480p"] == pytest.approx(1.25)
+    table = benchmark.markdown(results, "python scripts/benchmark.py")
+    assert "| 480p |" in table and "served over inprocess 480p | 0.96 | >= 0.95" in table
+    assert "| cost 4k over 480p | 1.25 (rounds 1.20-1.30) | <= 1.3 |" in table
+    assert "served: 2 workers x 1 threads; forward onnxruntime" in table
+    assert "in-process, torch forward /s" in table
+
+
+def _fake_row(rounds_ms: list[float]) -> dict:
+    ms_per_image = statistics.median(rounds_ms)
+    timing = {"stages_ms": dict.fromkeys(("decode", "detect", "crop", "forward"), ms_per_image / 4),
+              "ms_per_item": ms_per_image, "rounds_ms": rounds_ms, "per_s": 1000 / ms_per_image}
+    return {"kind": "image", "pipeline": timing, "reference": timing, "speedup": 1.0}

@@ -1,0 +1,108 @@
+"""Faces: boxes that lie on the real faces, at any resolution, and the documented fallback.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from deepfake_detector import PipelineSettings
+from deepfake_detector import faces as faces_module
+from deepfake_detector.faces import FaceDetector, detection_size, shrink
+from deepfake_detector.transforms import center_region, face_region
+
+from tests.support import assert_on_face
+from tests.support.media import load_rgb
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector(PipelineSettings())
+
+
+@pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
+def test_the_box_lies_on_the_real_face(detector, media, name):
+    faces = detector.detect([load_rgb(getattr(media, name))])[0]
+    assert len(faces) == 1
+    assert faces[0].probability > 0.95
+    assert_on_face(faces[0].box, name)
+
+
+def test_a_photo_without_a_face_finds_none(detector, media):
+    assert detector.detect([load_rgb(media.cat)]) == [[]]
+
+
+def test_boxes_map_back_to_full_resolution(detector, media):
+    """Detection runs on a copy of at most 480 px; a 4x larger photo must give the same box, scaled."""
+    small = load_rgb(media.astronaut)
+    large = cv2.resize(small, (2048, 2048), interpolation=cv2.INTER_CUBIC)
+    assert detector.detection_size(2048, 2048) == (480, 480)
+    small_box = np.array(detector.detect([small])[0][0].box)
+    large_box = np.array(detector.detect([large])[0][0].box) / 4
+    assert np.abs(small_box - large_box).max() < 6
+
+
+def test_frames_of_different_sizes_in_one_call(detector, media):
+    photos = [load_rgb(media.astronaut), load_rgb(media.cat), load_rgb(media.grace_hopper)]
+    faces = detector.detect(photos)
+    assert [len(f) for f in faces] == [1, 0, 1]
+    assert_on_face(faces[0][0].box, "astronaut")
+    assert_on_face(faces[2][0].box, "grace_hopper")
+
+
+def test_several_faces_are_kept_most_confident_first(detector, media):
+    left = load_rgb(media.astronaut)
+    right = cv2.resize(load_rgb(media.grace_hopper), (437, 512))
+    both = np.concatenate([left, right], axis=1)
+    faces = detector.detect([both])[0]
+    assert len(faces) == 2
+    assert faces[0].probability >= faces[1].probability
+    centres = sorted((f.box[0] + f.box[2]) / 2 for f in faces)
+    assert centres[0] < 512 < centres[1]
+    limited = FaceDetector(PipelineSettings(max_faces_per_frame=1)).detect([both])[0]
+    assert len(limited) == 1
+
+
+def test_most_confident_faces_are_kept_first_and_ties_keep_mtcnns_order(monkeypatch):
+    """MTCNN's output (here given) is filtered, ordered most confident first (ties: in MTCNN's order) and cut."""
+    boxes = np.array([[10, 10, 60, 60], [100, 10, 150, 60], [200, 10, 250, 60], [300, 10, 350, 60],
+                      [400, 10, 450, 60]], dtype=np.float32)
+    probabilities = np.array([0.95, 0.999, 0.97, 0.999, 0.5], dtype=np.float32)
+    monkeypatch.setattr(faces_module, "detect_on_cpu", lambda mtcnn, batch: ([boxes], [probabilities]))
+    frame = np.zeros((480, 480, 3), dtype=np.uint8)
+    kept = FaceDetector(PipelineSettings(max_faces_per_frame=3)).detect([frame])[0]
+    assert [face.box[0] for face in kept] == [100, 300, 200]
+    assert [face.probability for face in kept] == pytest.approx([0.999, 0.999, 0.97])
+    one = FaceDetector(PipelineSettings(max_faces_per_frame=1)).detect([frame])[0]
+    assert [face.box[0] for face in one] == [100]
+
+
+def test_face_region_is_a_square_inside_the_image():
+    region = face_region((10.0, 20.0, 110.0, 160.0), width=400, height=300, margin=0.3)
+    x1, y1, x2, y2 = region
+    assert x2 - x1 == y2 - y1 == 182
+    assert x1 >= 0 and y1 >= 0 and x2 <= 400 and y2 <= 300
+    assert x1 <= 10 and y1 <= 20 and x2 >= 110 and y2 >= 160
+    huge = face_region((0.0, 0.0, 390.0, 290.0), width=400, height=300, margin=0.3)
+    assert huge[3] - huge[1] == 300 and huge[2] - huge[0] == 300
+
+
+def test_center_region_is_the_largest_centred_square():
+    assert center_region(451, 300) == (75, 0, 375, 300)
+    assert center_region(300, 500) == (0, 100, 300, 400)
+
+
+@pytest.mark.parametrize("size", [(3840, 2160), (1843, 2160), (1080, 1080), (700, 640)])
+def test_shrink_is_an_area_filter(media, size):
+    """The detection copy comes from ``shrink``: a one-step area resize to within 2 grey levels on average
+    (exactly that for a whole factor or one below 2), whatever the factor, partial blocks at the edges included."""
+    photo = cv2.resize(load_rgb(media.grace_hopper), size, interpolation=cv2.INTER_CUBIC)
+    width, height = detection_size(*size, 480)
+    shrunk = shrink(photo, width, height)
+    one_step = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)
+    assert shrunk.shape == one_step.shape == (height, width, 3)
+    difference = np.abs(shrunk.astype(int) - one_step.astype(int))
+    if max(size[0] / width, size[1] / height) < 2:
+        assert difference.max() == 0
+    else:
+        assert difference.mean() < 2 and np.percentile(difference, 99) <= 20
