@@ -10,9 +10,10 @@ Policy, in one place:
   cost of detection the same for a 480p photo and a 4K one.
 * Frames of the same (downscaled) size are detected in one batched MTCNN call.
 * Detections below ``min_face_probability`` are dropped; the ``max_faces_per_frame`` most confident
-  remaining faces are kept, most confident first. Every kept face is scored and the frame's score is the
-  highest of them: one manipulated face makes the frame fake.
+  remaining faces are kept, most confident first (equal probabilities keep MTCNN's order). Every kept face is
+  scored, and the frame scores as its most-fake face (``verdict.frame_probability``).
 * A frame with no face is scored on its largest centred square and reported with ``face_detected: false``.
+* Media too small to search (``check_searchable``) are refused before decoding, as 422 ``too_small``.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from deepfake_detector.archive import (
     DEFAULT_MODEL_NAME,
     HANDLER_FILE,
     ONNX_FILE,
+    PACKAGE_DIR,
     WEIGHTS_FILE,
     ArchiveManifest,
     archive_path,
@@ -42,7 +43,7 @@ from deepfake_detector.weights import load_weights, read_model_config, save_weig
 from .golden import record_golden
 from .paths import REPO
 
-PACKAGE_DIR = REPO / "detector" / "deepfake_detector"
+PACKAGE = REPO / "detector" / PACKAGE_DIR
 HANDLER = REPO / "handler" / HANDLER_FILE
 DEFAULT_SERVING_CONFIG = REPO / "config" / "model-config.yaml"
 DEFAULT_MODEL_STORE = REPO / "model_store"
@@ -94,7 +95,7 @@ def build_archive(
             extra_files.append(export_onnx(load_weights(weights_file).eval(), stage / ONNX_FILE))
         manifest = ArchiveManifest.new(name, version, file_sha256(weights_file),
                                        json.loads(model_config.to_json()), config["handler"])
-        built = write_archive(stage / "built.mar", manifest, HANDLER, PACKAGE_DIR, weights_file,
+        built = write_archive(stage / "built.mar", manifest, HANDLER, PACKAGE, weights_file,
                               yaml.safe_dump(config, sort_keys=False), extra_files)
         if golden_requests:
             record_golden(built)

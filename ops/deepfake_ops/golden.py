@@ -1,9 +1,10 @@
 """Golden requests: what an archive answered at build time, so the live server can be checked against it.
 
-At build time (``make mar``) the archive's own handler class runs in this process, from the archive's
-extracted contents, on a few real inputs that ship inside installed packages. Their package-relative
-paths, sha256 and the responses are stored in the archive as ``golden.json``. ``deepfake-rollout verify``
-replays the same inputs against ``/predictions/NAME/VERSION`` and compares, field by field:
+At build time (``make mar``) the archive's own handler class runs in a fresh process, from the archive's
+extracted contents (``deepfake_ops.archive_handler``), on a few real inputs that ship inside installed
+packages. Their package-relative paths, sha256 and the responses are stored in the archive as
+``golden.json``. ``deepfake-rollout verify`` replays the same inputs against ``/predictions/NAME/VERSION``
+and compares, field by field (both answers read as ``Verdict``s, so an invalid answer fails too):
 
 - fake probabilities (overall, per face, per frame) and ``confidence`` within ``PROBABILITY_TOLERANCE``;
 - face boxes within ``BOX_TOLERANCE_PX`` pixels, detection probabilities within ``DETECTION_TOLERANCE``;
@@ -15,22 +16,20 @@ A broken archive, wrong weights or preprocessing that drifted shows up as a mism
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import importlib.util
-import inspect
 import json
+import os
+import subprocess
 import sys
 import tempfile
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from deepfake_detector.archive import HANDLER_FILE, MAR_MANIFEST_FILE, Archive
+from deepfake_detector.archive import Archive
 from deepfake_detector.verdict import FaceScore, Verdict, VerdictError
+
+from .packaged import package_file
 
 GOLDEN_FORMAT = 1
 PROBABILITY_TOLERANCE = 1e-4
@@ -48,13 +47,7 @@ class GoldenInput:
     head_bytes: int | None = None
 
     def locate(self) -> Path:
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(f"package {self.package} is not installed (see requirements.txt)")
-        path = Path(next(iter(spec.submodule_search_locations)), self.path)
-        if not path.exists():
-            raise FileNotFoundError(f"{self.package}/{self.path} is missing from the installed package")
-        return path
+        return package_file(self.package, self.path)
 
     def body(self) -> bytes:
         data = self.locate().read_bytes()
@@ -74,86 +67,20 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class ArchiveContext:
-    """The part of TorchServe's worker context the handler uses, read from an extracted archive."""
-
-    def __init__(self, model_dir: Path) -> None:
-        self.manifest = json.loads((model_dir / MAR_MANIFEST_FILE).read_text())
-        model = self.manifest.get("model", {})
-        self.model_name = model.get("modelName")
-        config_file = model.get("configFile")
-        self.model_yaml_config = yaml.safe_load((model_dir / config_file).read_text()) if config_file else {}
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 1}
-        self.metrics = None  # no metrics outside a server
-        self.request_ids: dict[int, str] | None = None
-        self.statuses: dict[int, int] = {}
-        self.content_types: dict[int, str] = {}
-
-    def get_request_id(self, idx: int = 0) -> str | None:
-        return None
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        self.statuses[idx] = code
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.content_types[idx] = value
-
-
-@contextlib.contextmanager
-def _archive_modules(model_dir: Path) -> Iterator[None]:
-    """Let the archive's own copy of ``deepfake_detector`` be imported, then put everything back.
-
-    The handler puts its folder first on sys.path; an already imported package would shadow the
-    archive's copy, so it is set aside for the duration and restored afterwards.
-    """
-    import torch
-
-    def ours(name: str) -> bool:
-        return name == "deepfake_detector" or name.startswith("deepfake_detector.")
-
-    saved_modules = {name: module for name, module in sys.modules.items() if ours(name)}
-    saved_path = list(sys.path)
-    saved_threads = torch.get_num_threads()
-    for name in saved_modules:
-        del sys.modules[name]
-    try:
-        yield
-    finally:
-        for name in [name for name in sys.modules if ours(name)]:
-            del sys.modules[name]
-        sys.modules.update(saved_modules)
-        sys.path[:] = saved_path
-        torch.set_num_threads(saved_threads)
-
-
 def run_archive_handler(model_dir: Path, bodies: list[bytes]) -> list[tuple[int, dict[str, Any]]]:
-    """(status, JSON body) for each body, one request per handle() call, by the archive's handler class."""
-    model_dir = Path(model_dir).resolve()
-    with _archive_modules(model_dir):
-        module_name = f"_archive_handler_{uuid.uuid4().hex}"
-        spec = importlib.util.spec_from_file_location(module_name, model_dir / HANDLER_FILE)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-            package = sys.modules["deepfake_detector"]
-            if not Path(package.__file__).resolve().is_relative_to(model_dir):
-                raise RuntimeError(f"the handler imported {package.__file__}, not the archive's own copy")
-            classes = [member for _, member in inspect.getmembers(module, inspect.isclass)
-                       if member.__module__ == module_name]
-            if len(classes) != 1:
-                raise RuntimeError(f"the archive's handler module defines {len(classes)} classes, not one")
-            context = ArchiveContext(model_dir)
-            handler = classes[0]()
-            handler.initialize(context)
-            results = []
-            for body in bodies:
-                context.statuses.clear()
-                (response,) = handler.handle([{"body": body}], context)
-                results.append((context.statuses.get(0, 200), json.loads(json.dumps(response))))
-        finally:
-            sys.modules.pop(module_name, None)
-    return results
+    """(status, JSON body) for each body, answered by the unpacked archive's own handler in a fresh process
+    (``deepfake_ops.archive_handler``), so that only the archive's code is used."""
+    with tempfile.TemporaryDirectory(prefix="golden-bodies-") as temp:
+        paths = []
+        for number, body in enumerate(bodies):
+            paths.append(Path(temp) / f"{number}.bin")
+            paths[-1].write_bytes(body)
+        request = json.dumps({"model_dir": str(model_dir), "bodies": [str(path) for path in paths]})
+        child = subprocess.run([sys.executable, "-m", "deepfake_ops.archive_handler"], input=request,
+                               capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if child.returncode != 0:
+        raise RuntimeError(f"the archive's handler failed on the golden inputs:\n{child.stderr[-3000:]}")
+    return [(status, response) for status, response in json.loads(child.stdout.splitlines()[-1])]
 
 
 def record_golden(archive: Path, inputs: tuple[GoldenInput, ...] = GOLDEN_INPUTS) -> dict[str, Any]:

@@ -1,22 +1,21 @@
 """The TorchServe handler without the Java frontend, against a real archive unpacked from disk.
 
-The stand-in for TorchServe's context is the one golden requests use at build time (``golden.ArchiveContext``):
+The stand-in for TorchServe's context is the one golden requests use at build time
+(``deepfake_ops.archive_handler.ArchiveContext``):
 it reads the archive's manifest and model-config.yaml and records the per-request statuses the handler sets;
 everything else (archive, weights, pipeline) is real.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from deepfake_detector.archive import archive_path
-from deepfake_ops.golden import ArchiveContext
+from deepfake_ops.archive_handler import ArchiveContext, load_handler_class
 
 from tests.support import MODEL_NAME
 
@@ -25,16 +24,6 @@ def unpack(model_store: Path, version: str, target: Path) -> Path:
     with zipfile.ZipFile(archive_path(model_store, MODEL_NAME, version)) as archive:
         archive.extractall(target)
     return target
-
-
-def load_handler_class(model_dir: Path) -> type:
-    spec = importlib.util.spec_from_file_location("torchserve_handler_under_test", model_dir / "torchserve_handler.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    classes = [v for v in vars(module).values() if isinstance(v, type) and v.__module__ == module.__name__]
-    assert len(classes) == 1, "TorchServe requires exactly one class in the handler module"
-    return classes[0]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 from deepfake_detector.archive import archive_path
-from deepfake_ops.torchserve import TorchServeInstance, free_port
+from deepfake_ops.torchserve import TorchServeInstance, free_port, parse_properties
 
 from tests.support import MODEL_NAME, Media, StartServer
 
@@ -95,6 +95,7 @@ def test_killed_worker_is_replaced_and_service_recovers(
     assert all(t < recovered_at + 5 for t, _ in failed), (
         "requests kept failing after the new worker was READY"
     )
+    assert failed and {s for _, s in failed} == {507}, "the dead worker's batch gets 507, nothing else fails"
     assert all(s == 200 for t, s in outcomes if t < killed_at - 1)
 
 
@@ -132,6 +133,10 @@ def test_restart_restores_registered_versions_and_default(
 
         source = instance.latest_snapshot()
         assert source is not None and source.name.endswith("-shutdown.cfg")
+        # A snapshot written with security off (by hand, or by a server run so) must not bring it back.
+        with source.open("a") as snapshot:
+            snapshot.write("disable_token_authorization=true\ninference_address=http://0.0.0.0:1\n"
+                           "management_address=http://0.0.0.0:2\nallowed_urls=.*\nenable_model_api=false\n")
         started = time.monotonic()
         instance.start([], restore=True)
         instance.wait_ready(MODEL_NAME, version="1.0")
@@ -158,9 +163,12 @@ def test_restart_restores_registered_versions_and_default(
         assert default == "2.0"
         assert answer.json()["model"]["version"] == "2.0"
 
-        restored = (instance.run_dir / "restore.properties").read_text()
-        assert "disable_token_authorization=false" in restored
-        assert f"inference_address=http://127.0.0.1:{instance.inference_port}" in restored
+        restored = parse_properties((instance.run_dir / "restore.properties").read_text())
+        assert restored["disable_token_authorization"] == "false"
+        assert restored["inference_address"] == f"http://127.0.0.1:{instance.inference_port}"
+        assert restored["management_address"] == f"http://127.0.0.1:{instance.management_port}"
+        assert restored["allowed_urls"] == f"file://{model_store.resolve()}/.*"
+        assert restored["enable_model_api"] == "true"
         refused = requests.post(
             f"{instance.inference_url}/predictions/{MODEL_NAME}", data=b"x", headers=OCTET, timeout=30
         )

@@ -127,9 +127,7 @@ def test_body_limits_answer_413(hardened: TorchServeInstance) -> None:
     assert over_handler.json()["error"] == "too_large"
 
     over_frontend = requests.post(url, data=bytes(max_request_size + 1), headers=headers, timeout=120)
-    print(f"\nover max_request_size ({max_request_size} B): {over_frontend.status_code} "
-          f"body={over_frontend.text[:120]!r}")
-    assert over_frontend.status_code == 413
+    assert (over_frontend.status_code, over_frontend.content) == (413, b""), "TorchServe's own 413 is empty"
     assert model_status(hardened) == ["READY"]
 
 
@@ -152,12 +150,10 @@ def test_full_queue_answers_503_and_the_server_recovers(start_server: StartServe
         statuses = collections.Counter(answer.status_code for answer in answers)
         refused = [answer for answer in answers if answer.status_code == 503]
         print(f"\nburst of 24 with job_queue_size=2: {dict(statuses)}")
-        if refused:
-            sample = refused[0]
-            print(f"503 headers: {dict(sample.headers)}")
-            print(f"503 body: {sample.text[:300]}")
-            print(f"Retry-After present: {'Retry-After' in sample.headers}")
         assert refused, "the burst never overflowed the queue"
+        for answer in refused:  # as the README says: a JSON body, and no Retry-After (the proxy adds one)
+            assert answer.json()["type"] == "ServiceUnavailableException", answer.text
+            assert "Retry-After" not in answer.headers
         assert set(statuses) <= {200, 503}, statuses
         assert all(answer.json().get("label") for answer in answers if answer.status_code == 200)
         after = post(0)

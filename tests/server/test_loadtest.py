@@ -19,7 +19,7 @@ def test_locust_run_checks_every_answer_and_writes_its_reports(start_server, mod
     instance = start_server(model_store, [archive_path(model_store, MODEL_NAME, "1.0").name,
                                           archive_path(model_store, MODEL_NAME, "2.0").name])
     token = instance.keys()["inference"]
-    warm_up(instance, f"/predictions/{MODEL_NAME}/2.0", media.astronaut.read_bytes(), count=1)
+    warm_up(instance, MODEL_NAME, "2.0", media.astronaut.read_bytes(), count=1)
     prefix = tmp_path / "images"
     summary = run_locust(instance.inference_url, token, prefix, "MixedUser", users=2, run_time="15s",
                          html=tmp_path / "images.html", warmup_s=0,

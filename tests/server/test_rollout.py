@@ -55,7 +55,7 @@ def test_deploy_refuses_an_archive_with_altered_weights(live: TorchServeInstance
     before = registered(live)
     result = rollout(live, "deploy", "4.0")
     assert result.returncode == 1
-    assert "corrupt or was altered" in result.stderr and "not deployed" in result.stderr
+    assert "altered or corrupted" in result.stderr and "not deployed" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert registered(live) == before and "4.0" not in registered(live)
 

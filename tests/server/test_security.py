@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import requests
 from deepfake_detector.archive import archive_path
+from deepfake_ops.paths import REPO
 from deepfake_ops.torchserve import TorchServeInstance
 
 from tests.support import MODEL_NAME, Media, StartServer
@@ -45,6 +48,19 @@ def test_without_a_valid_token_inference_and_management_are_refused(
         assert "label" not in answer.text
     allowed = requests.post(predict, data=photo, headers=guarded.headers("inference") | OCTET, timeout=120)
     assert allowed.status_code == 200, allowed.text
+
+
+@pytest.mark.server
+def test_metrics_answer_without_a_token_on_loopback_only(guarded: TorchServeInstance, media: type[Media]) -> None:
+    """TorchServe does not guard /metrics with a token (the README says so): it is protected by where it
+    listens, 127.0.0.1 here (the pod network in a cluster, for the scraper alone), and carries no media."""
+    scored = requests.post(f"{guarded.inference_url}/predictions/{MODEL_NAME}", data=media.cat.read_bytes(),
+                           headers=guarded.headers("inference") | OCTET, timeout=120)
+    assert scored.status_code == 200
+    answer = requests.get(f"{guarded.metrics_url}/metrics", timeout=30)
+    assert answer.status_code == 200 and "ts_inference_requests_total" in answer.text
+    assert listening_addresses(guarded.metrics_port) == {"127.0.0.1"}
+    assert "Bearer" not in answer.text and guarded.keys()["inference"] not in answer.text
 
 
 @pytest.mark.server
@@ -133,18 +149,23 @@ def test_only_archives_inside_the_model_store_can_be_registered(
 
 @pytest.mark.server
 def test_healthcheck_renews_expiring_keys_and_pings(guarded: TorchServeInstance) -> None:
-    """The container's probe: /ping needs the inference key, which expires; the check renews it first."""
-    import healthcheck
+    """The container's probe, run as the container runs it (scripts/healthcheck.py, standard library only):
+    /ping needs the inference key, which expires; the check renews it first."""
+    def probe(renew_before_min: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "healthcheck.py"), "--key-file", str(guarded.key_file),
+             "--inference-url", guarded.inference_url, "--management-url", guarded.management_url,
+             "--renew-before", str(renew_before_min), "--timeout", "10"],
+            capture_output=True, text=True, timeout=60)
 
     before = guarded.keys()
-    urls = {"inference_url": guarded.inference_url, "management_url": guarded.management_url}
-    healthy, detail = healthcheck.check(guarded.key_file, renew_before_min=0, timeout_s=10, **urls)
-    assert healthy, detail
+    fresh = probe(0)
+    assert fresh.returncode == 0 and "ping: 200" in fresh.stdout, fresh.stdout + fresh.stderr
     assert guarded.keys()["inference"] == before["inference"], "a fresh key must not be renewed"
-    healthy, detail = healthcheck.check(guarded.key_file, renew_before_min=24 * 60, timeout_s=10, **urls)
+    renewed = probe(24 * 60)
     after = guarded.keys()
-    print(f"\nafter forced renewal: {detail}")
-    assert healthy, detail
+    print(f"\nafter forced renewal: {renewed.stdout.strip()}")
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
     assert after["inference"] != before["inference"] and after["management"] != before["management"]
     assert after["api"] == before["api"]
     unauthorized = requests.get(f"{guarded.inference_url}/ping", timeout=10)

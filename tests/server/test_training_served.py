@@ -31,4 +31,4 @@ def test_trained_checkpoint_serves_from_an_archive(trained, tmp_path_factory, st
     body = response.json()
     assert body["model"]["trained"] is True and body["model"]["backbone"] == "tf_efficientnet_lite0"
     expected = DetectionPipeline.from_weights(result.weights).score(media.astronaut.read_bytes())
-    assert body["fake_probability"] == pytest.approx(expected["fake_probability"], abs=1e-4)
+    assert body["fake_probability"] == pytest.approx(expected.fake_probability, abs=1e-4)

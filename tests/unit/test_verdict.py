@@ -1,0 +1,110 @@
+"""The verdict: its JSON form (the API), the scoring rules, and validation that names what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from deepfake_detector.verdict import (
+    FaceScore,
+    FrameScore,
+    MediaInfo,
+    ModelInfo,
+    Verdict,
+    VerdictError,
+    aggregate,
+    frame_probability,
+    label_for,
+    verdict_problems,
+)
+
+MODEL = ModelInfo("deepfake_detector", "1.0", "efficientnet_b4", False)
+
+
+def video(probabilities: list[float], aggregation: str = "mean") -> Verdict:
+    frames = [FrameScore.scored(10 * n, [FaceScore.reported((1, 2, 50, 60), 0.999912, p)]) for n, p in
+              enumerate(probabilities)]
+    media = MediaInfo("video", "mp4", 176, 144, total_frames=120, fps=29.97)
+    return Verdict.of_video(frames, 0.5, media, MODEL, frame_stride=10, aggregation=aggregation)
+
+
+def test_the_rules_are_stated_once() -> None:
+    assert frame_probability([0.2, 0.9, 0.4]) == 0.9
+    assert label_for(0.5, 0.5) == "FAKE" and label_for(0.4999, 0.5) == "REAL"
+    assert aggregate([0.1, 0.2, 0.9], "mean") == pytest.approx(0.4)
+    assert aggregate([0.1, 0.2, 0.9], "median") == 0.2 and aggregate([0.1, 0.2, 0.9], "max") == 0.9
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate([0.1], "mode")
+    with pytest.raises(ValueError, match="at least one"):
+        frame_probability([])
+
+
+def test_an_image_verdict_serialises_as_the_readme_documents() -> None:
+    faces = [FaceScore.reported((170.31, 109.84, 354.04, 327.77), 0.99997, 0.83),
+             FaceScore.reported((10.0, 10.0, 40.0, 40.0), 0.95, 0.2)]
+    verdict = Verdict.of_image(FrameScore.scored(0, faces), 0.5, MediaInfo("image", "jpeg", 512, 600), MODEL)
+    assert verdict.to_json() == {
+        "label": "FAKE", "confidence": 0.83, "fake_probability": 0.83, "threshold": 0.5, "face_detected": True,
+        "media": {"type": "image", "format": "jpeg", "width": 512, "height": 600},
+        "model": {"name": "deepfake_detector", "version": "1.0", "backbone": "efficientnet_b4", "trained": False},
+        "faces": [{"box": [170.3, 109.8, 354.0, 327.8], "detection_probability": 1.0, "fake_probability": 0.83},
+                  {"box": [10.0, 10.0, 40.0, 40.0], "detection_probability": 0.95, "fake_probability": 0.2}],
+    }
+    assert list(verdict.to_json()) == ["label", "confidence", "fake_probability", "threshold", "face_detected",
+                                       "media", "model", "faces"]
+
+
+def test_a_face_free_image_scores_its_centre_crop() -> None:
+    frame = FrameScore.scored(0, [], center_probability=0.31)
+    verdict = Verdict.of_image(frame, 0.5, MediaInfo("image", "png", 300, 451), MODEL)
+    assert (verdict.label, verdict.confidence, verdict.face_detected, verdict.faces) == ("REAL", 0.69, False, ())
+    with pytest.raises(ValueError, match="neither faces nor a centre-crop"):
+        FrameScore.scored(0, [])
+
+
+def test_a_video_verdict_aggregates_its_frames_and_lists_them() -> None:
+    verdict = video([0.2, 0.8, 0.5], "median")
+    data = verdict.to_json()
+    assert list(data) == ["label", "confidence", "fake_probability", "threshold", "face_detected", "media", "model",
+                          "frame_stride", "aggregation", "sampled_frame_indices", "frames"]
+    assert (data["fake_probability"], data["label"], data["sampled_frame_indices"]) == (0.5, "FAKE", [0, 10, 20])
+    assert data["media"] == {"type": "video", "format": "mp4", "width": 176, "height": 144, "total_frames": 120,
+                             "fps": 29.97}
+    assert data["frames"][1] == {"index": 10, "fake_probability": 0.8, "face_detected": True, "faces": [
+        {"box": [1.0, 2.0, 50.0, 60.0], "detection_probability": 0.9999, "fake_probability": 0.8}]}
+
+
+def test_json_round_trips_to_the_same_verdict() -> None:
+    for verdict in (video([0.2, 0.8, 0.5]), Verdict.of_image(FrameScore.scored(0, [], 0.7), 0.6,
+                                                             MediaInfo("image", "gif", 64, 64), MODEL)):
+        text = json.dumps(verdict.to_json())
+        assert Verdict.from_json(json.loads(text)) == verdict
+        assert json.dumps(Verdict.from_json(json.loads(text)).to_json()) == text
+
+
+def test_validation_names_each_broken_rule() -> None:
+    good = video([0.2, 0.8, 0.5]).to_json()
+    assert verdict_problems(good, "video") == []
+    assert verdict_problems(good, "image") == ["media.type is 'video', expected 'image'"]
+
+    def broken(**changes) -> list[str]:
+        data = json.loads(json.dumps(good))
+        for path, value in changes.items():
+            target = data
+            *parents, key = path.split("__")
+            for parent in parents:
+                target = target[int(parent)] if parent.isdigit() else target[parent]
+            target[key] = value
+        return verdict_problems(data)
+
+    assert any("contradicts" in p for p in broken(label="REAL"))
+    assert any("confidence" in p for p in broken(confidence=0.1))
+    assert any("mean of the frames" in p for p in broken(fake_probability=0.9, confidence=0.9))
+    assert any("most-fake face" in p for p in broken(frames__0__fake_probability=0.25))
+    assert any("sampled_frame_indices" in p for p in broken(sampled_frame_indices=[0, 10]))
+    assert any("box" in p for p in broken(frames__1__faces__0__box=[50, 2, 1, 60]))
+    assert any("aggregation" in p for p in broken(aggregation="mode"))
+    assert any("model.trained" in p for p in broken(model__trained="no"))
+    with pytest.raises(VerdictError) as raised:
+        Verdict.from_json({"error": "corrupt_media", "detail": "truncated"})
+    assert len(raised.value.problems) >= 5
