@@ -2,11 +2,12 @@
 
 ``DetectionPipeline.score_batch`` takes the bodies of several requests at once (a TorchServe batch, a
 benchmark, a test) and returns one outcome per body, in order: a :class:`~.verdict.Verdict`, or the
-InputError that request earned. Decoding is per request, so one bad body never affects the others, and the requests of a
-batch decode side by side on the threads the process was given (the decoders run in C without the GIL: a
-core would otherwise idle while the other decodes a 4K photo). Face detection is
+InputError that request earned. Decoding is per request, so one bad body never affects the others, and
+the requests of a batch decode side by side on the threads the process was given (the decoders run in C
+without the GIL: a core would otherwise idle while the other decodes a 4K photo). Face detection is
 batched across every frame of every request, and every crop of every request (image faces and video
-frames alike) is classified in chunks of at most ``max_crops_per_forward``.
+frames alike) is classified in chunks of at most ``max_crops_per_forward``. The runtime of the forward
+pass is chosen once, here (``runtimes.select_runtime``), and the scoring rules are the verdict's.
 """
 
 from __future__ import annotations
