@@ -34,7 +34,8 @@ mar: install  ## Build model_store/$(NAME)-$(VERSION).mar (WEIGHTS=file.safetens
 # Rebuilt when what goes into an archive changes (the handler, the detector package, its settings, the builder
 # and the golden requests it records), so `make serve` never serves stale code.
 ARCHIVE_SOURCES := $(wildcard handler/*.py detector/deepfake_detector/*.py config/*.yaml config/*.properties) \
-	ops/deepfake_ops/build_mar.py ops/deepfake_ops/golden.py
+	ops/deepfake_ops/build_mar.py ops/deepfake_ops/golden.py ops/deepfake_ops/archive_handler.py \
+	ops/deepfake_ops/packaged.py
 $(MAR): $(ARCHIVE_SOURCES)
 	$(MAKE) mar
 
@@ -48,7 +49,7 @@ status:  ## Show the running server's versions and workers
 	$(PY) -m deepfake_ops.server status --model $(NAME)
 
 test: install  ## Every test: tests/unit, tests/handler (no Java), then tests/server (real TorchServe on loopback)
-	$(PY) -m pytest -v
+	$(PY) -m pytest -v tests/unit tests/handler tests/server
 
 test-fast: install  ## tests/unit and tests/handler: no server, no Java
 	$(PY) -m pytest -v tests/unit tests/handler

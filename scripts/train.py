@@ -6,7 +6,7 @@
 
 Writes runs/NAME/best.safetensors (with its ModelConfig: backbone, input size, normalisation, fitted
 temperature, trained=true) and runs/NAME/best.json (settings, per-epoch metrics, data fingerprint). Pack it
-with `python scripts/build_mar.py --weights runs/NAME/best.safetensors --version 2.0`.
+with `make mar WEIGHTS=runs/NAME/best.safetensors VERSION=2.0` (deepfake-build-mar).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from deepfake_detector.archive import archive_path
+from deepfake_detector.archive import GOLDEN_FILE, WEIGHTS_FILE, archive_path
 from deepfake_detector.config import PipelineSettings
 from deepfake_detector.pipeline import DetectionPipeline
 from deepfake_detector.untrained import build_detector
@@ -81,8 +81,8 @@ def rollout_store(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -
         link_archive(archive_path(goldens, MODEL_NAME, version), store)
     v2 = archive_path(store, MODEL_NAME, "2.0")
     rewrite_archive(v2, archive_path(store, MODEL_NAME, "3.0"), "3.0",
-                    {"golden.json": shift_golden_probability(10 * PROBABILITY_TOLERANCE)})
-    rewrite_archive(v2, archive_path(store, MODEL_NAME, "4.0"), "4.0", {"weights.safetensors": flip_last_byte})
+                    {GOLDEN_FILE: shift_golden_probability(10 * PROBABILITY_TOLERANCE)})
+    rewrite_archive(v2, archive_path(store, MODEL_NAME, "4.0"), "4.0", {WEIGHTS_FILE: flip_last_byte})
     return store
 
 

@@ -148,22 +148,34 @@ class Archive:
         except (zipfile.BadZipFile, KeyError) as error:
             raise ArchiveError(f"{self.path.name} is not an archive built by `make mar` ({error})") from None
 
+    def _read_json(self, member: str) -> Any:
+        try:
+            return json.loads(self._read(member))
+        except json.JSONDecodeError as error:
+            raise ArchiveError(f"{self.path.name}: {member} is not JSON ({error}); rebuild it with `make mar`"
+                               ) from None
+
     def members(self) -> list[str]:
-        with zipfile.ZipFile(self.path) as mar:
-            return mar.namelist()
+        try:
+            with zipfile.ZipFile(self.path) as mar:
+                return mar.namelist()
+        except FileNotFoundError:
+            raise ArchiveError(f"no archive {self.path}") from None
+        except zipfile.BadZipFile as error:
+            raise ArchiveError(f"{self.path.name} is not an archive built by `make mar` ({error})") from None
 
     def manifest(self) -> ArchiveManifest:
         return ArchiveManifest.from_json(self._read(MANIFEST_FILE), f"{self.path.name}:{MANIFEST_FILE}")
 
     def mar_manifest(self) -> dict[str, Any]:
         """torch-model-archiver's ``model`` section: modelName, modelVersion, handler, serializedFile, ..."""
-        return json.loads(self._read(MAR_MANIFEST_FILE)).get("model", {})
+        return self._read_json(MAR_MANIFEST_FILE).get("model", {})
 
     def golden(self) -> dict[str, Any] | None:
         """The recorded golden requests, or None for an archive built without them."""
         if GOLDEN_FILE not in self.members():
             return None
-        return json.loads(self._read(GOLDEN_FILE))
+        return self._read_json(GOLDEN_FILE)
 
     def weights_sha256(self, weights_file: str = WEIGHTS_FILE) -> str:
         try:

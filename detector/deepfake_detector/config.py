@@ -125,7 +125,7 @@ class PipelineSettings:
     """Torch intra-op threads on CPU; 0 lets the handler divide the cores among the workers."""
     keep_freed_mb: int = 256
     """glibc: buffers below this many MB come from the heap, and up to this much freed memory is kept for the
-    next request instead of being faulted in again page by page (``process.keep_freed_memory``); 0: glibc's
+    next request instead of being faulted in again page by page (``cpu_tuning.keep_freed_memory``); 0: glibc's
     defaults."""
     max_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000

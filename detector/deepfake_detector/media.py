@@ -194,9 +194,7 @@ def decode_video(body: bytes, fmt: str, settings: PipelineSettings, check_size: 
             height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
             announced = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
             fps = float(capture.get(cv2.CAP_PROP_FPS))
-            _check_video_limits(width, height, announced, fps, settings)
-            if check_size is not None:
-                check_size(width, height, "video frame")
+            _check_video_limits(width, height, announced, fps, settings, check_size)
             frames, indices = _sample_frames(capture, settings.frame_stride, settings.max_frames)
         except cv2.error as error:
             raise InputError("corrupt_media", f"the {fmt} video could not be decoded: {error}", 422) from error
@@ -239,8 +237,11 @@ def _check_pixels(width: int, height: int, limit: int, what: str) -> None:
         )
 
 
-def _check_video_limits(width: int, height: int, frames: int, fps: float, settings: PipelineSettings) -> None:
+def _check_video_limits(width: int, height: int, frames: int, fps: float, settings: PipelineSettings,
+                        check_size: SizeCheck | None) -> None:
     _check_pixels(width, height, settings.max_frame_pixels, "video frame")
+    if check_size is not None:
+        check_size(width, height, "video frame")
     if frames > settings.max_video_frames:
         raise InputError(
             "too_many_frames",

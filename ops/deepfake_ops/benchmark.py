@@ -47,7 +47,7 @@ import numpy as np
 import torch
 import yaml
 from deepfake_detector.architecture import DeepfakeDetector
-from deepfake_detector.archive import DEFAULT_MODEL_NAME
+from deepfake_detector.archive import DEFAULT_MODEL_NAME, ONNX_FILE, WEIGHTS_FILE
 from deepfake_detector.config import PipelineSettings
 from deepfake_detector.cpu_tuning import keep_freed_memory, use_cpu_threads
 from deepfake_detector.pipeline import DetectionPipeline
@@ -252,7 +252,7 @@ def onnx_forward_for(model: DeepfakeDetector, folder: Path, threads: int) -> Onn
     except ImportError:
         print("  (onnxruntime is not installed: its column is left out)")
         return None
-    path = folder / "network.onnx"
+    path = folder / ONNX_FILE
     path.unlink(missing_ok=True)  # always the weights measured in this run
     return OnnxRuntimeForward(model, path, threads)
 
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.report_dir.mkdir(parents=True, exist_ok=True)
     media = make_load_media()
-    weights = args.report_dir / "weights.safetensors"
+    weights = args.report_dir / WEIGHTS_FILE
     save_weights(build_detector(seed=0), weights)
     reference_model = load_weights(weights).eval()
     reference = ReferencePipeline(reference_model, settings)

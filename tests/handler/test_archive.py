@@ -9,6 +9,7 @@ import pytest
 from deepfake_detector import archive
 from deepfake_detector.archive import Archive, ArchiveError, ArchiveManifest, archive_path
 from deepfake_detector.weights import read_model_config
+from deepfake_ops import archive_handler
 
 from tests.support import MODEL_NAME
 from tests.support.archives import flip_last_byte, rewrite_archive
@@ -70,3 +71,10 @@ def test_golden_requests_are_added_once(rollout_store: Path, tmp_path: Path) -> 
         Archive(copy).add_golden({"format": 1})
     renamed = rewrite_archive(copy, tmp_path / "renamed.mar", "5.0")
     assert Archive(renamed).golden()["model_version"] == "5.0"
+
+
+def test_the_standalone_archive_handler_names_the_archive_files_alike() -> None:
+    """archive_handler may not import deepfake_detector (the archive's own copy must load), so it spells two
+    names itself: they must be the format's."""
+    assert (archive_handler.HANDLER_FILE, archive_handler.MAR_MANIFEST_FILE) == (archive.HANDLER_FILE,
+                                                                               archive.MAR_MANIFEST_FILE)

@@ -1,6 +1,4 @@
-"""Security defaults, checked on a real TorchServe: tokens, key scopes, loopback listeners, allowed URLs,
-weights without pickle, and a container and pods that do not run as root.
-"""
+"""What a built archive carries: safetensors weights only, loadable with every pickle entry point disabled."""
 
 from __future__ import annotations
 
@@ -11,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from deepfake_detector import load_weights
-from deepfake_detector.archive import archive_path
+from deepfake_detector.archive import WEIGHTS_FILE, archive_path
 
 from tests.support import MODEL_NAME
 
@@ -22,8 +20,8 @@ def test_weights_load_without_pickle(
     """The archive holds safetensors only, and loading it works with every pickle entry point disabled."""
     with zipfile.ZipFile(archive_path(model_store, MODEL_NAME, "1.0")) as archive:
         names = archive.namelist()
-        archive.extract("weights.safetensors", tmp_path)
-    assert "weights.safetensors" in names
+        archive.extract(WEIGHTS_FILE, tmp_path)
+    assert WEIGHTS_FILE in names
     assert not [n for n in names if n.endswith((".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt"))], names
 
     def forbidden(*_: object, **__: object) -> None:
@@ -33,5 +31,5 @@ def test_weights_load_without_pickle(
     monkeypatch.setattr(pickle, "load", forbidden)
     monkeypatch.setattr(pickle, "loads", forbidden)
     monkeypatch.setattr(pickle, "Unpickler", forbidden)
-    model = load_weights(tmp_path / "weights.safetensors")
+    model = load_weights(tmp_path / WEIGHTS_FILE)
     assert sum(p.numel() for p in model.parameters()) > 1_000_000

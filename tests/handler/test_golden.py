@@ -1,8 +1,5 @@
-"""Model versions on a real TorchServe: golden requests, integrity, deploy/verify/promote/rollback/retire.
-
-Each step is run through the CLI users run (``scripts/rollout.py``), and the server's own answers
-(``GET /models/NAME/all`` and ``GET /models/NAME``, which describes the default) are checked after it.
-"""
+"""Golden requests on built archives: they are the archive's own answers, `make mar` records them, and the
+comparison applies the stated tolerances (and refuses an answer that is not a valid verdict)."""
 
 from __future__ import annotations
 
@@ -11,7 +8,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from deepfake_detector.archive import Archive
+from deepfake_detector.archive import WEIGHTS_FILE, Archive
 from deepfake_ops.golden import GOLDEN_INPUTS, PROBABILITY_TOLERANCE, compare_response, sha256_bytes
 
 from tests.support.archives import (
@@ -45,7 +42,7 @@ def test_golden_requests_are_the_archives_own_answers(rollout_store: Path, media
 
 
 def test_make_mar_records_golden_requests(weights_file: Path, tmp_path: Path) -> None:
-    """`make mar` runs build_mar.py's CLI, which records golden requests unless given --no-golden."""
+    """`make mar` runs deepfake-build-mar, which records golden requests unless given --no-golden."""
     built = run_command("build_mar", "--version", "7.0", "--weights", str(weights_file),
                        "--model-store", str(tmp_path), "--set", "max_frames=2")
     assert built.returncode == 0, built.stderr
@@ -54,7 +51,7 @@ def test_make_mar_records_golden_requests(weights_file: Path, tmp_path: Path) ->
     video = next(e for e in golden["requests"] if e["name"] == "carphone.mp4")["response"]
     assert video["sampled_frame_indices"] == [0, 10]  # the archive's own max_frames=2
     with zipfile.ZipFile(tmp_path / f"{MODEL_NAME}-7.0.mar") as mar:
-        assert mar.testzip() is None and "weights.safetensors" in mar.namelist()
+        assert mar.testzip() is None and WEIGHTS_FILE in mar.namelist()
 
 
 def test_compare_response_applies_the_stated_tolerances(rollout_store: Path) -> None:

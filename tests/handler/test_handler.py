@@ -1,29 +1,28 @@
 """The TorchServe handler without the Java frontend, against a real archive unpacked from disk.
 
 The stand-in for TorchServe's context is the one golden requests use at build time
-(``deepfake_ops.archive_handler.ArchiveContext``):
-it reads the archive's manifest and model-config.yaml and records the per-request statuses the handler sets;
-everything else (archive, weights, pipeline) is real.
+(``deepfake_ops.archive_handler.ArchiveContext``): it reads the archive's manifest and model-config.yaml and
+records the per-request statuses the handler sets; everything else (archive, weights, pipeline) is real. The
+handler runs in this process, where the repository's ``deepfake_detector`` (the code the archive packs) is
+already loaded; that an archive answers with its own packed copy is checked where it matters, by golden
+recording, which runs in a fresh process and refuses any other copy.
 """
 
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from deepfake_detector.archive import archive_path
+from deepfake_detector.archive import WEIGHTS_FILE, Archive, ArchiveError, archive_path
 from deepfake_ops.archive_handler import ArchiveContext, load_handler_class
 
 from tests.support import MODEL_NAME
 
 
 def unpack(model_store: Path, version: str, target: Path) -> Path:
-    with zipfile.ZipFile(archive_path(model_store, MODEL_NAME, version)) as archive:
-        archive.extractall(target)
-    return target
+    return Archive(archive_path(model_store, MODEL_NAME, version)).extract(target)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +75,10 @@ def test_handler_settings_come_from_the_archive(model_store, tmp_path, media):
 
 def test_tampered_weights_are_refused_at_load(model_store, tmp_path):
     model_dir = unpack(model_store, "1.0", tmp_path)
-    weights = model_dir / "weights.safetensors"
+    weights = model_dir / WEIGHTS_FILE
     data = bytearray(weights.read_bytes())
     data[-10] ^= 0xFF
     weights.write_bytes(bytes(data))
     handler = load_handler_class(model_dir)()
-    with pytest.raises(ValueError, match="sha256"):  # the archive's own copy of ArchiveError
+    with pytest.raises(ArchiveError, match="sha256"):
         handler.initialize(ArchiveContext(model_dir))

@@ -1,6 +1,6 @@
 """Hostile input at scale, body limits and back-pressure, against a real TorchServe.
 
-The big test sends more than a thousand malformed bodies (tests/make_malformed.py), shuffled and mixed
+The big test sends more than a thousand malformed bodies (tests/support/malformed.py), shuffled and mixed
 with valid photos and a real video, from 8 threads so that TorchServe batches bad and good requests
 together: every bad one must get its own 4xx JSON error, every valid one a 200, nothing a 5xx, and the
 worker must be the same process at the end.

@@ -1,9 +1,5 @@
-"""Throughput tooling: the load-test media, the response schema, the CPU face detector's parity with
-facenet-pytorch, a short real Locust run against a real TorchServe, and a miniature benchmark.
-
-Speed itself is not asserted here (the benchmark measures it); these tests check that the tools measure
-the right thing and that the faster code gives the same answers.
-"""
+"""A short real Locust run against a real TorchServe: every answer validated as a verdict, the reports
+written, and refused requests counted as failures, not as throughput."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Model versions on a real TorchServe: golden requests, integrity, deploy/verify/promote/rollback/retire.
+"""Model versions on a real TorchServe: integrity, deploy/verify/promote/rollback/retire, the A/B comparison.
 
-Each step is run through the CLI users run (``scripts/rollout.py``), and the server's own answers
+Each step is run through the command users run (``deepfake-rollout``), and the server's own answers
 (``GET /models/NAME/all`` and ``GET /models/NAME``, which describes the default) are checked after it.
 """
 

@@ -1,6 +1,5 @@
-"""Security defaults, checked on a real TorchServe: tokens, key scopes, loopback listeners, allowed URLs,
-weights without pickle, and a container and pods that do not run as root.
-"""
+"""Security defaults, checked on a real TorchServe: tokens, key scopes, loopback listeners, allowed URLs, the
+metrics endpoint, and the container's health check."""
 
 from __future__ import annotations
 

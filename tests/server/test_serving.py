@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 from deepfake_detector import DetectionPipeline, PipelineSettings
-from deepfake_detector.archive import archive_path
+from deepfake_detector.archive import ONNX_FILE, archive_path
 from deepfake_ops.build_mar import build_archive
 
 from tests.support import MODEL_NAME, ONE_WORKER, assert_on_face
@@ -150,12 +150,12 @@ def test_both_forward_runtimes_serve_the_same_probabilities(server, start_server
     """The default archive runs ONNX Runtime on the export build_mar packs; forward=torch runs PyTorch. Both
     serve the in-process PyTorch pipeline's probabilities within 1e-4."""
     with zipfile.ZipFile(archive_path(server.model_store, MODEL_NAME, "1.0")) as packed:
-        assert "network.onnx" in packed.namelist()
+        assert ONNX_FILE in packed.namelist()
     store = tmp_path_factory.mktemp("torch_store")
     archive = build_archive("3.0", weights_file, MODEL_NAME, store, serving_overrides=ONE_WORKER,
                             handler_overrides={"forward": "torch"})
     with zipfile.ZipFile(archive) as packed:
-        assert "network.onnx" not in packed.namelist()
+        assert ONNX_FILE not in packed.namelist()
     on_torch = start_server(store, [archive.name])
     assert re.search(r"version 1\.0 on cpu \(\d+ threads, forward: onnxruntime, freed memory kept: up to 256 MB\)",
                      (server.log_dir / "model_log.log").read_text())

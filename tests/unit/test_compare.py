@@ -1,8 +1,5 @@
-"""Model versions on a real TorchServe: golden requests, integrity, deploy/verify/promote/rollback/retire.
-
-Each step is run through the CLI users run (``scripts/rollout.py``), and the server's own answers
-(``GET /models/NAME/all`` and ``GET /models/NAME``, which describes the default) are checked after it.
-"""
+"""The A/B comparison's parts: metrics per version (ROC AUC null, not NaN, with one class), percentiles,
+labelled sets from a folder or a CSV, and one-line refusals of the client."""
 
 from __future__ import annotations
 

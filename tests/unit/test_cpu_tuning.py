@@ -1,5 +1,4 @@
-"""Process settings: freed memory kept for the next photo instead of being faulted in again.
-"""
+"""A worker's CPU settings: freed memory kept for the next photo instead of being faulted in again."""
 
 from __future__ import annotations
 

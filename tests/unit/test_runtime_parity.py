@@ -1,9 +1,7 @@
-"""Throughput tooling: the load-test media, the response schema, the CPU face detector's parity with
-facenet-pytorch, a short real Locust run against a real TorchServe, and a miniature benchmark.
+"""The faster code gives the same answers: the CPU arrangement of MTCNN against facenet-pytorch's own
+detect(), and the ONNX Runtime forward against PyTorch, on real photos and video frames.
 
-Speed itself is not asserted here (the benchmark measures it); these tests check that the tools measure
-the right thing and that the faster code gives the same answers.
-"""
+Speed itself is not asserted here (the benchmark measures it)."""
 
 from __future__ import annotations
 

