@@ -73,7 +73,8 @@ class DeepfakeDetectorHandler:
             use_cpu_threads(settings.cpu_threads or _threads_per_worker(workers))
         kept = keep_freed_memory(settings.keep_freed_mb)
         onnx_file = os.path.join(model_dir, archive.ONNX_FILE) if settings.forward == "onnxruntime" else None
-        self.pipeline = DetectionPipeline.from_weights(weights, settings, device, version, onnx_file)
+        self.pipeline = DetectionPipeline.from_weights(weights, settings, device=device, version=version,
+                                                       onnx_file=onnx_file, model_name=self.model_name)
         self.verdicts = VerdictWindow(window_size())
         self.audit = AuditLog(AuditSettings.from_environment())
         if self.audit.enabled:

@@ -18,6 +18,7 @@ through this module. It uses the standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -27,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -100,9 +101,14 @@ class ArchiveManifest:
         try:
             data = json.loads(text)
             known = {field.name for field in dataclasses.fields(cls)}
-            return cls(**{key: value for key, value in data.items() if key in known})
+            manifest = cls(**{key: value for key, value in data.items() if key in known})
         except (json.JSONDecodeError, TypeError, AttributeError) as error:
             raise ArchiveError(f"{where} is not an archive manifest ({error})") from None
+        texts = (manifest.name, manifest.weights_sha256, manifest.weights_file)
+        if not all(isinstance(value, str) for value in texts) or not isinstance(manifest.version, (str, int, float)):
+            raise ArchiveError(f"{where} is not an archive manifest (name, version, weights_sha256 and "
+                               "weights_file must be strings)")
+        return dataclasses.replace(manifest, version=str(manifest.version))
 
     def check_weights(self, weights_sha256: str, where: str) -> None:
         """Refuse weights whose sha256 differs from the one recorded at build time."""
@@ -126,7 +132,11 @@ def verify_unpacked(model_dir: str | Path) -> ArchiveManifest | None:
     if not manifest_path.exists():
         return None
     manifest = ArchiveManifest.from_json(manifest_path.read_text(), str(manifest_path))
-    manifest.check_weights(file_sha256(Path(model_dir) / manifest.weights_file), str(model_dir))
+    weights = Path(model_dir) / manifest.weights_file
+    if not weights.exists():
+        raise ArchiveError(f"{model_dir} holds no {manifest.weights_file}, which its manifest names: the archive "
+                           "is incomplete; rebuild it with `make mar`")
+    manifest.check_weights(file_sha256(weights), str(model_dir))
     return manifest
 
 
@@ -139,14 +149,20 @@ class Archive:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def _read(self, member: str) -> bytes:
+    @contextlib.contextmanager
+    def _opened(self) -> Iterator[zipfile.ZipFile]:
+        """The archive as a zip; a missing or foreign file is an ArchiveError that says so."""
         try:
             with zipfile.ZipFile(self.path) as mar:
-                return mar.read(member)
+                yield mar
         except FileNotFoundError:
             raise ArchiveError(f"no archive {self.path}") from None
         except (zipfile.BadZipFile, KeyError) as error:
             raise ArchiveError(f"{self.path.name} is not an archive built by `make mar` ({error})") from None
+
+    def _read(self, member: str) -> bytes:
+        with self._opened() as mar:
+            return mar.read(member)
 
     def _read_json(self, member: str) -> Any:
         try:
@@ -156,33 +172,37 @@ class Archive:
                                ) from None
 
     def members(self) -> list[str]:
-        try:
-            with zipfile.ZipFile(self.path) as mar:
-                return mar.namelist()
-        except FileNotFoundError:
-            raise ArchiveError(f"no archive {self.path}") from None
-        except zipfile.BadZipFile as error:
-            raise ArchiveError(f"{self.path.name} is not an archive built by `make mar` ({error})") from None
+        with self._opened() as mar:
+            return mar.namelist()
 
     def manifest(self) -> ArchiveManifest:
         return ArchiveManifest.from_json(self._read(MANIFEST_FILE), f"{self.path.name}:{MANIFEST_FILE}")
 
     def mar_manifest(self) -> dict[str, Any]:
         """torch-model-archiver's ``model`` section: modelName, modelVersion, handler, serializedFile, ..."""
-        return self._read_json(MAR_MANIFEST_FILE).get("model", {})
+        manifest = self._read_json(MAR_MANIFEST_FILE)
+        model = manifest.get("model") if isinstance(manifest, dict) else None
+        if not isinstance(model, dict):
+            raise ArchiveError(f"{self.path.name}: {MAR_MANIFEST_FILE} has no model section; rebuild it with "
+                               "`make mar`")
+        return model
 
     def golden(self) -> dict[str, Any] | None:
         """The recorded golden requests, or None for an archive built without them."""
         if GOLDEN_FILE not in self.members():
             return None
-        return self._read_json(GOLDEN_FILE)
+        golden = self._read_json(GOLDEN_FILE)
+        if not isinstance(golden, dict) or not isinstance(golden.get("requests"), list):
+            raise ArchiveError(f"{self.path.name}: {GOLDEN_FILE} holds no list of requests; rebuild it with "
+                               "`make mar`")
+        return golden
 
     def weights_sha256(self, weights_file: str = WEIGHTS_FILE) -> str:
-        try:
-            with zipfile.ZipFile(self.path) as mar, mar.open(weights_file) as weights:
+        with self._opened() as mar:
+            if weights_file not in mar.namelist():
+                raise ArchiveError(f"{self.path.name} holds no {weights_file}: rebuild it with `make mar`")
+            with mar.open(weights_file) as weights:
                 return sha256_of(weights)
-        except KeyError:
-            raise ArchiveError(f"{self.path.name} holds no {weights_file}: rebuild it with `make mar`") from None
 
     def verify(self, name: str, version: str) -> ArchiveManifest:
         """Refuse an archive whose weights are not the ones its manifest names, or that is another version."""
@@ -191,7 +211,7 @@ class Archive:
         manifest = self.manifest()
         manifest.check_weights(self.weights_sha256(manifest.weights_file), self.path.name)
         mar = self.mar_manifest()
-        names = {manifest.name, mar.get("modelName")}
+        names = {manifest.name, str(mar.get("modelName"))}
         versions = {manifest.version, str(mar.get("modelVersion"))}
         if names != {name} or versions != {version}:
             raise ArchiveError(f"{self.path.name} describes model {sorted(names)} version {sorted(versions)}, "
@@ -205,7 +225,7 @@ class Archive:
             mar.writestr(GOLDEN_FILE, json.dumps(golden, indent=1))
 
     def extract(self, folder: str | Path) -> Path:
-        with zipfile.ZipFile(self.path) as mar:
+        with self._opened() as mar:
             mar.extractall(folder)
         return Path(folder)
 

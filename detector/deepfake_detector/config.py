@@ -40,6 +40,17 @@ def _from_mapping(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
+def _check_field_types(settings: Any) -> None:
+    """Refuse a value of the wrong kind (a YAML string, a boolean, a fraction where a count belongs) with a
+    sentence, before any comparison trips over it; ints are accepted where floats belong."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        wanted = {"int": (int,), "float": (int, float)}.get(str(field.type), (str,))
+        if isinstance(value, bool) or not isinstance(value, wanted):
+            kind = {"int": "a whole number", "float": "a number"}.get(str(field.type), "a string")
+            raise ValueError(f"{field.name} must be {kind}, got {value!r} ({type(value).__name__})")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """What a set of weights is: architecture, expected input and the meaning of each output."""
@@ -135,6 +146,7 @@ class PipelineSettings:
     max_frame_pixels: int = 3840 * 2160
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         if not 0.0 <= self.min_face_fraction < 1.0:
             raise ValueError(f"min_face_fraction must lie in [0, 1), got {self.min_face_fraction}")
         if not 0.0 < self.threshold < 1.0:

@@ -36,6 +36,7 @@ rule, ``faces.check_searchable``), before any pixel is decoded."""
 IMAGE_FORMATS = ("jpeg", "png", "webp", "bmp", "gif", "tiff")
 VIDEO_FORMATS = ("mp4", "mov", "avi", "mkv", "webm")
 _LIBJPEG_RGB_MODES = ("RGB", "L")  # YCbCr and grey JPEGs; CMYK and YCCK ones go through Pillow
+_STILL_IMAGE_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
 _TEMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
@@ -70,6 +71,8 @@ def sniff_format(head: bytes) -> tuple[MediaKind, str] | None:
     if head.startswith((b"II*\x00", b"MM\x00*")):
         return "image", "tiff"
     if head[4:8] == b"ftyp":
+        if head[8:12] in _STILL_IMAGE_BRANDS:
+            return None  # HEIF/HEIC/AVIF photos share the MP4 box layout; they are not supported media
         return "video", "mov" if head[8:12] == b"qt  " else "mp4"
     if head[4:8] in (b"moov", b"mdat", b"wide", b"free"):
         return "video", "mov"

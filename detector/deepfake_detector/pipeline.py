@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,13 +66,16 @@ class DetectionPipeline:
         device: str | torch.device = "cpu",
         version: str = "unversioned",
         onnx_file: str | Path | None = None,
+        model_name: str | None = None,
     ) -> None:
         """``onnx_file`` (CPU, ``forward: onnxruntime``): run the network with ONNX Runtime from that file,
-        exported from ``model`` if it does not exist; its outputs are checked against PyTorch's at load."""
+        exported from ``model`` if it does not exist; its outputs are checked against PyTorch's at load.
+        ``model_name`` and ``version``: what the answers say served them (default name: the weights')."""
         self.settings = settings or PipelineSettings()
         self.device = torch.device(device)
         self.version = version
         self.config = model.config
+        self.model_name = model_name or model.config.name
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.face_detector = FaceDetector(self.settings, self.device)
         self.runtime: Runtime = select_runtime(self.model, self.settings, self.device, onnx_file)
@@ -81,19 +85,14 @@ class DetectionPipeline:
                           if self.decode_threads > 1 else None)
 
     @classmethod
-    def from_weights(
-        cls,
-        weights: str | Path,
-        settings: PipelineSettings | None = None,
-        device: str | torch.device = "cpu",
-        version: str = "unversioned",
-        onnx_file: str | Path | None = None,
-    ) -> DetectionPipeline:
-        return cls(load_weights(weights), settings, device, version, onnx_file)
+    def from_weights(cls, weights: str | Path, settings: PipelineSettings | None = None, **options: Any
+                     ) -> DetectionPipeline:
+        """The pipeline of a weights file; ``options`` are the constructor's (device, version, ...)."""
+        return cls(load_weights(weights), settings, **options)
 
     @property
     def model_info(self) -> ModelInfo:
-        return ModelInfo(self.config.name, self.version, self.config.backbone, self.config.trained)
+        return ModelInfo(self.model_name, self.version, self.config.backbone, self.config.trained)
 
     def score(self, body: bytes) -> Verdict:
         """One body's result; raises its InputError."""

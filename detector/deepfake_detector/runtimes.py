@@ -61,8 +61,8 @@ class OnnxRuntimeForward:
     Under CPU contention (a TorchServe frontend and other workers on the same cores) ONNX Runtime's thread
     pool degrades far less than PyTorch's OpenMP threads. ``onnx_file`` is exported from ``model`` when it
     does not exist yet. The session is only kept if its fake probabilities agree with the eager fp32 network
-    within ``tolerance`` on a seeded batch; otherwise :class:`WeightsMismatchError` is raised and the caller
-    keeps PyTorch.
+    within ``tolerance`` on a seeded batch; otherwise :class:`WeightsMismatchError` is raised and the worker
+    refuses to load (an archive whose export is not its weights' must not serve).
     """
 
     name = "onnxruntime"
@@ -95,7 +95,8 @@ class OnnxRuntimeForward:
         if not difference <= tolerance:
             raise WeightsMismatchError(
                 f"ONNX Runtime's fake probabilities differ from PyTorch's by {difference:.2e} (> {tolerance:.0e}) "
-                f"for {self.path}: delete it so that it is exported again from the weights"
+                f"for {self.path}: the export is not these weights'; rebuild the archive with `make mar`, or delete "
+                "the file outside an archive so that it is exported again"
             )
         return difference
 

@@ -15,6 +15,7 @@ Standard library only, so a load-test client can import it without the network's
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -315,9 +316,15 @@ def _parse_media(data: Mapping[str, Any], kind: MediaKind | None, problems: list
         return None
     if kind is not None and media_type != kind:
         problems.append(f"media.type is {media_type!r}, expected {kind!r}")
-    for key in ("format", "width", "height"):
-        if key not in data:
-            problems.append(f"media.{key} is missing")
+    if not isinstance(data.get("format"), str):
+        problems.append(f"media.format is missing or not a string ({data.get('format')!r})")
+    for key in ("width", "height"):
+        if not _is_int(data.get(key), 1):
+            problems.append(f"media.{key} is missing or not a positive whole number ({data.get(key)!r})")
+    if data.get("total_frames") is not None and not _is_int(data.get("total_frames")):
+        problems.append(f"media.total_frames is not a whole number ({data.get('total_frames')!r})")
+    if data.get("fps") is not None and not (_is_number(data.get("fps")) and data["fps"] > 0):
+        problems.append(f"media.fps is not a positive number ({data.get('fps')!r})")
     if problems:
         return None
     return MediaInfo(media_type, data["format"], data["width"], data["height"], data.get("total_frames"),
@@ -345,17 +352,20 @@ def _parse_video(
     problems: list[str],
 ) -> Verdict | None:
     stride, aggregation, frames_data = data.get("frame_stride"), data.get("aggregation"), data.get("frames")
-    if not isinstance(stride, int) or isinstance(stride, bool):
-        problems.append(f"'frame_stride' is missing or invalid ({stride!r})")
+    if not _is_int(stride, 1):
+        problems.append(f"'frame_stride' is missing or not a whole number >= 1 ({stride!r})")
     if aggregation not in AGGREGATIONS:
         problems.append(f"'aggregation' {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
-    if not isinstance(frames_data, list) or not frames_data:
+    if not isinstance(frames_data, list):
+        problems.append(f"'frames' is missing or not a list ({type(frames_data).__name__})")
+        return None
+    if not frames_data:
         problems.append("a video answer has no frames")
         return None
     frames = []
     for position, frame in enumerate(frames_data):
         where = f"frames[{position}]"
-        if not (isinstance(frame, Mapping) and isinstance(frame.get("index"), int)
+        if not (isinstance(frame, Mapping) and _is_int(frame.get("index"))
                 and _is_probability(frame.get("fake_probability"))):
             problems.append(f"{where} has no index or fake_probability")
             continue
@@ -367,10 +377,10 @@ def _parse_video(
         if frame.get("face_detected") is not bool(faces):
             problems.append(f"{where}.face_detected {frame.get('face_detected')!r} with {len(faces)} face(s)")
         frames.append(FrameScore(frame["index"], float(frame["fake_probability"]), faces))
-    if data.get("sampled_frame_indices") != [frame.get("index") for frame in frames_data
-                                               if isinstance(frame, Mapping)]:
-        problems.append("frames' indices differ from sampled_frame_indices")
     if problems:
+        return None
+    if data.get("sampled_frame_indices") != [frame.index for frame in frames]:
+        problems.append("frames' indices differ from sampled_frame_indices")
         return None
     if abs(probability - aggregate([frame.fake_probability for frame in frames], aggregation)) > 1e-9:
         problems.append(f"fake_probability {probability} is not the {aggregation} of the frames' probabilities")
@@ -378,7 +388,17 @@ def _parse_video(
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite JSON number (not a boolean, not NaN or infinity, not an integer beyond a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _is_int(value: Any, minimum: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _is_probability(value: Any) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -30,8 +30,12 @@ def save_weights(model: DeepfakeDetector, path: str | Path) -> str:
 
 def read_model_config(path: str | Path) -> ModelConfig:
     """The ModelConfig stored in a weights file, without loading its tensors."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as error:
+        raise WeightsMismatchError(f"{path} is not a safetensors file ({error}); weights are written by "
+                                   "save_weights() (training writes them so)") from None
     if CONFIG_METADATA_KEY not in metadata:
         raise WeightsMismatchError(
             f"{path} has no '{CONFIG_METADATA_KEY}' metadata: it was not written by save_weights(); "

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as error:
         print(f"torch-model-archiver failed:\n{error.stderr}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError, RuntimeError) as error:  # bad settings or weights, a failed golden run
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(path)

@@ -94,8 +94,7 @@ def record_golden(archive: Path, inputs: tuple[GoldenInput, ...] = GOLDEN_INPUTS
         "format": GOLDEN_FORMAT,
         "model_name": model["modelName"],
         "model_version": model["modelVersion"],
-        "tolerances": {"probability": PROBABILITY_TOLERANCE, "box_px": BOX_TOLERANCE_PX,
-                       "detection_probability": DETECTION_TOLERANCE},
+        "tolerances": Tolerances().to_json(),
         "requests": [
             {"name": item.name, "package": item.package, "path": item.path, "head_bytes": item.head_bytes,
              "sha256": sha256_bytes(body), "status": status, "response": response}
@@ -120,9 +119,29 @@ def request_body(entry: dict[str, Any]) -> bytes:
     return body
 
 
+@dataclass(frozen=True)
+class Tolerances:
+    """How far a live answer may stray from the recorded one (stored in ``golden.json``)."""
+
+    probability: float = PROBABILITY_TOLERANCE
+    box_px: float = BOX_TOLERANCE_PX
+    detection_probability: float = DETECTION_TOLERANCE
+
+    @classmethod
+    def recorded(cls, golden: dict[str, Any]) -> Tolerances:
+        """The tolerances an archive recorded, defaults for any it did not."""
+        recorded = golden.get("tolerances") or {}
+        return cls(**{key: float(recorded[key]) for key in ("probability", "box_px", "detection_probability")
+                      if key in recorded})
+
+    def to_json(self) -> dict[str, float]:
+        return {"probability": self.probability, "box_px": self.box_px,
+                "detection_probability": self.detection_probability}
+
+
 def compare_response(
     expected_status: int, expected: dict[str, Any], status: int, actual: Any,
-    probability_tolerance: float = PROBABILITY_TOLERANCE,
+    tolerances: Tolerances = Tolerances(),
 ) -> list[str]:
     """Every difference between a recorded and a live answer that exceeds the tolerances (empty: a match)."""
     if status != expected_status:
@@ -140,17 +159,23 @@ def compare_response(
         got = Verdict.from_json(actual)
     except VerdictError as error:
         return [f"the answer is not a valid verdict: {error}"]
-    return compare_verdicts(want, got, probability_tolerance)
+    return compare_verdicts(want, got, tolerances)
 
 
-def compare_verdicts(want: Verdict, got: Verdict, tolerance: float = PROBABILITY_TOLERANCE) -> list[str]:
-    """Differences between two verdicts beyond the tolerances of the module docstring."""
+def compare_verdicts(want: Verdict, got: Verdict, tolerances: Tolerances = Tolerances()) -> list[str]:
+    """Differences between two verdicts beyond the tolerances of the module docstring.
+
+    A label may flip only when the recorded probability lies within the tolerance of the threshold; the
+    confidence is then that of the other label, so it is compared only when the labels agree.
+    """
     problems: list[str] = []
+    tolerance = tolerances.probability
     _close(problems, "fake_probability", want.fake_probability, got.fake_probability, tolerance)
-    _close(problems, "confidence", want.confidence, got.confidence, tolerance)
     near_threshold = abs(want.fake_probability - want.threshold) <= tolerance
     if got.label != want.label and not near_threshold:
         problems.append(f"label {got.label!r}, recorded {want.label!r}")
+    if got.label == want.label:
+        _close(problems, "confidence", want.confidence, got.confidence, tolerance)
     for key in ("threshold", "face_detected", "media", "frame_stride", "aggregation", "model"):
         if getattr(got, key) != getattr(want, key):
             problems.append(f"{key} {getattr(got, key)!r}, recorded {getattr(want, key)!r}")
@@ -162,23 +187,24 @@ def compare_verdicts(want: Verdict, got: Verdict, tolerance: float = PROBABILITY
         if want.media.type == "video":
             _close(problems, f"{where} fake_probability", want_frame.fake_probability,
                    got_frame.fake_probability, tolerance)
-        _compare_faces(problems, where, want_frame.faces, got_frame.faces, tolerance)
+        _compare_faces(problems, where, want_frame.faces, got_frame.faces, tolerances)
     return problems
 
 
 def _compare_faces(problems: list[str], where: str, expected: tuple[FaceScore, ...],
-                   actual: tuple[FaceScore, ...], tolerance: float) -> None:
+                   actual: tuple[FaceScore, ...], tolerances: Tolerances) -> None:
     if len(expected) != len(actual):
         problems.append(f"{where}: {len(actual)} faces, recorded {len(expected)}")
         return
     for number, (want, got) in enumerate(zip(expected, actual, strict=True)):
         label = f"{where}[{number}]"
-        _close(problems, f"{label} fake_probability", want.fake_probability, got.fake_probability, tolerance)
+        _close(problems, f"{label} fake_probability", want.fake_probability, got.fake_probability,
+               tolerances.probability)
         _close(problems, f"{label} detection_probability", want.detection_probability,
-               got.detection_probability, DETECTION_TOLERANCE)
-        if any(abs(a - b) > BOX_TOLERANCE_PX for a, b in zip(want.box, got.box, strict=True)):
+               got.detection_probability, tolerances.detection_probability)
+        if any(abs(a - b) > tolerances.box_px for a, b in zip(want.box, got.box, strict=True)):
             problems.append(f"{label} box {list(got.box)}, recorded {list(want.box)} "
-                            f"(tolerance {BOX_TOLERANCE_PX} px)")
+                            f"(tolerance {tolerances.box_px} px)")
 
 
 def _close(problems: list[str], key: str, expected: float, actual: float, tolerance: float) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from deepfake_detector.archive import DEFAULT_MODEL_NAME, Archive, ArchiveError, archive_path
 from deepfake_detector.verdict import Verdict, VerdictError
 
-from .golden import PROBABILITY_TOLERANCE, compare_response, request_body
+from .golden import Tolerances, compare_response, request_body
 from .paths import RUN_DIR
 from .torchserve import Endpoint, ServerError, ServerRefusal, TorchServeClient
 
@@ -71,9 +71,11 @@ def local_archives(store: Path, name: str) -> list[ArchiveInfo]:
     found = []
     for path in sorted(Path(store).glob(f"{name}-*.mar")):
         try:
-            found.append(ArchiveInfo.read(path))
+            info = ArchiveInfo.read(path)
         except RolloutError:
             continue
+        if info.name == name:  # deepfake_detector-*.mar also matches deepfake_detector-small-1.0.mar
+            found.append(info)
     return sorted(found, key=lambda info: _version_key(info.version))
 
 
@@ -246,7 +248,7 @@ class Rollout:
                                f"`deploy {version}` first")
         if not worker_states(entry) or any(state != "READY" for state in worker_states(entry)):
             raise RolloutError(f"{self.name} {version} has workers {worker_states(entry)}, not all READY")
-        tolerance = golden.get("tolerances", {}).get("probability", PROBABILITY_TOLERANCE)
+        tolerances = Tolerances.recorded(golden)
         results, failures = [], []
         for item in golden["requests"]:
             try:
@@ -255,7 +257,7 @@ class Rollout:
                 raise RolloutError(f"cannot verify: {error}") from None
             answer = self.client.predict(self.name, version, body)
             problems = compare_response(item["status"], item["response"], answer.status, answer.body,
-                                        tolerance)
+                                        tolerances)
             results.append({"name": item["name"], "status": answer.status, "problems": problems,
                             "ms": round(1000 * answer.seconds, 1)})
             summary = _summary(answer.status, answer.body)
@@ -271,7 +273,7 @@ class Rollout:
                                f"{len(results)} golden requests ({', '.join(failures)}): the served version "
                                "does not answer as its archive did at build time; do not promote it")
         self.log(f"{self.name} {version} verified: {len(results)} golden requests match (fake probabilities "
-                 f"within {tolerance:g})")
+                 f"within {tolerances.probability:g})")
         return results
 
     def promote(self, version: str) -> str | None:

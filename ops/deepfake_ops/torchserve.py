@@ -233,7 +233,10 @@ class TorchServeInstance:
                 time.sleep(0.2)
             if self.pid() is not None:
                 os.killpg(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 30
                 while self.pid() is not None:
+                    if time.monotonic() > deadline:
+                        raise ServerError(f"TorchServe's process group {pid} survived SIGKILL for 30 s")
                     _reap(pid)
                     time.sleep(0.1)
         for stale in (self.pid_file, self.key_file):
@@ -377,6 +380,9 @@ class TorchServeClient:
                                        timeout=self.timeout_s)
         except requests.ConnectionError:
             raise self._unreachable(self.endpoint.inference_url, f"POST {path}") from None
+        except requests.Timeout:
+            raise ServerRefusal(f"POST {path}: no answer within {self.timeout_s:.0f} s (TorchServe gives up on a "
+                                f"batch after responseTimeout); see {self.endpoint.run_dir / 'logs'}") from None
         seconds = time.perf_counter() - started
         try:
             content: Any = answer.json()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,29 @@ def test_the_standalone_archive_handler_names_the_archive_files_alike() -> None:
     names itself: they must be the format's."""
     assert (archive_handler.HANDLER_FILE, archive_handler.MAR_MANIFEST_FILE) == (archive.HANDLER_FILE,
                                                                                archive.MAR_MANIFEST_FILE)
+
+
+def test_a_foreign_or_incomplete_archive_is_an_archive_error(rollout_store: Path, tmp_path: Path) -> None:
+    """Whatever is wrong inside, the caller gets one ArchiveError that says what (never a KeyError or a
+    TypeError from deep inside zipfile or json)."""
+    manifest = Archive(archive_path(rollout_store, MODEL_NAME, "1.0")).manifest().to_json()
+    named = '{"model": {"modelName": "deepfake_detector", "modelVersion": "1.0"}}'
+    numbers = ('{"name": 1, "version": 1, "created": "", "weights_sha256": 2, "trained": false, "init_seed": 0, '
+               '"model_config": {}, "handler_settings": {}}')
+    cases = {
+        "no model section": ({archive.MANIFEST_FILE: manifest, archive.MAR_MANIFEST_FILE: "[]"}, "verify"),
+        "no model name": ({archive.MANIFEST_FILE: manifest, archive.MAR_MANIFEST_FILE: '{"model": {}}'}, "verify"),
+        "no weights": ({archive.MANIFEST_FILE: manifest, archive.MAR_MANIFEST_FILE: named}, "verify"),
+        "manifest of numbers": ({archive.MANIFEST_FILE: numbers}, "verify"),
+        "golden not a list": ({archive.GOLDEN_FILE: '{"requests": 3}'}, "golden"),
+    }
+    for name, (members, call) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.mar"
+        with zipfile.ZipFile(path, "w") as mar:
+            for member, text in members.items():
+                mar.writestr(member, text)
+        with pytest.raises(ArchiveError):
+            if call == "verify":
+                Archive(path).verify(MODEL_NAME, "1.0")
+            else:
+                Archive(path).golden()

@@ -9,12 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from deepfake_detector.archive import WEIGHTS_FILE, Archive
-from deepfake_ops.golden import GOLDEN_INPUTS, PROBABILITY_TOLERANCE, compare_response, sha256_bytes
+from deepfake_ops.golden import GOLDEN_INPUTS, PROBABILITY_TOLERANCE, Tolerances, compare_response, sha256_bytes
 
-from tests.support.archives import (
-    MODEL_NAME,
-    run_command,
-)
+from tests.support import MODEL_NAME, image_verdict
+from tests.support.archives import run_command
 
 
 def test_golden_requests_are_the_archives_own_answers(rollout_store: Path, media: Any) -> None:
@@ -84,3 +82,18 @@ def test_compare_response_applies_the_stated_tolerances(rollout_store: Path) -> 
     assert any("label" in problem for problem in compare_response(200, recorded, 200, flipped))
     assert compare_response(200, recorded, 503, {"code": 503}) != []
     assert compare_response(200, recorded, 200, altered(model={**recorded["model"], "version": "9"})) != []
+
+
+def test_a_label_may_flip_only_at_the_threshold_and_recorded_tolerances_apply() -> None:
+    """Recorded 0.50003 FAKE, live 0.49998 REAL: within the tolerance of the threshold, so a match (the
+    confidences then belong to different labels and are not compared); the archive's own tolerances count."""
+    recorded, live = image_verdict(0.50003).to_json(), image_verdict(0.49998).to_json()
+    assert (recorded["label"], live["label"]) == ("FAKE", "REAL")
+    assert compare_response(200, recorded, 200, live) == []
+    far = image_verdict(0.4).to_json()
+    assert any("label" in problem for problem in compare_response(200, image_verdict(0.6).to_json(), 200, far))
+    moved = image_verdict(0.6).to_json()
+    moved["faces"][0]["box"][0] += 1.0
+    assert compare_response(200, image_verdict(0.6).to_json(), 200, moved) != []
+    assert compare_response(200, image_verdict(0.6).to_json(), 200, moved, Tolerances(box_px=2.0)) == []
+    assert Tolerances.recorded({"tolerances": {"box_px": 2.0}}) == Tolerances(box_px=2.0)

@@ -16,11 +16,8 @@ from deepfake_detector.archive import Archive
 from deepfake_ops.golden import GOLDEN_INPUTS, PROBABILITY_TOLERANCE
 from deepfake_ops.torchserve import Endpoint, ServerRefusal, TorchServeClient, TorchServeInstance
 
-from tests.support.archives import (
-    MODEL_NAME,
-    make_labelled_set,
-    run_command,
-)
+from tests.support import MODEL_NAME
+from tests.support.archives import make_labelled_set, run_command
 
 
 @pytest.fixture(scope="module")

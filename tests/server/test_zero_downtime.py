@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from deepfake_ops.paths import REPO
 from deepfake_ops.torchserve import TorchServeInstance
 
-from tests.support.archives import MODEL_NAME, REPO, golden_store, run_command
+from tests.support import MODEL_NAME
+from tests.support.archives import golden_store, run_command
 
 LOCUSTFILE = REPO / "loadtests" / "rollout_locustfile.py"
 

@@ -140,6 +140,17 @@ def test_skipped_frames_are_never_converted_to_pixels(media, monkeypatch):
 def test_sniffing_ignores_names_and_refuses_text():
     assert sniff_format(b"\xff\xd8\xff\xe0" + b"\x00" * 60) == ("image", "jpeg")
     assert sniff_format(b'{"image": "face.jpg"}') is None
+
+
+@pytest.mark.parametrize("brand", [b"heic", b"mif1", b"avif"])
+def test_heif_and_avif_photos_are_unsupported_not_broken_videos(brand):
+    """They share MP4's box layout: an iPhone photo gets 415 unsupported_media, not 422 'corrupt mp4'."""
+    body = b"\x00\x00\x00\x18ftyp" + brand + b"\x00\x00\x00\x00" + brand + b"mif1" + b"\x00" * 64
+    assert sniff_format(body[:64]) is None
+    assert sniff_format(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 52) == ("video", "mp4")
+    with pytest.raises(InputError) as refused:
+        decode_media(body, SETTINGS)
+    assert (refused.value.status, refused.value.code) == (415, "unsupported_media")
     assert sniff_format(b"") is None
 
 

@@ -194,6 +194,9 @@ def test_settings_refuse_unknown_keys_and_bad_values():
         PipelineSettings.from_mapping({"frame_strid": 5})
     with pytest.raises(ValueError, match="face_margin is the crop margin the weights were trained with"):
         PipelineSettings.from_mapping({"face_margin": 0.5})
+    for wrong in ({"threshold": "0.6"}, {"frame_stride": 2.5}, {"max_frames": True}, {"min_face_fraction": "1e-3"}):
+        with pytest.raises(ValueError, match="must be a"):
+            PipelineSettings.from_mapping(wrong)
     with pytest.raises(ValueError, match="threshold"):
         PipelineSettings(threshold=1.5)
     with pytest.raises(ValueError, match="aggregation"):
