@@ -164,9 +164,14 @@ class Archive:
         with self._opened() as mar:
             return mar.read(member)
 
-    def _read_json(self, member: str) -> Any:
+    def _read_json(self, member: str, optional: bool = False) -> Any:
+        """A JSON member; None for a missing ``optional`` one."""
+        with self._opened() as mar:
+            if optional and member not in mar.namelist():
+                return None
+            text = mar.read(member)
         try:
-            return json.loads(self._read(member))
+            return json.loads(text)
         except json.JSONDecodeError as error:
             raise ArchiveError(f"{self.path.name}: {member} is not JSON ({error}); rebuild it with `make mar`"
                                ) from None
@@ -189,9 +194,9 @@ class Archive:
 
     def golden(self) -> dict[str, Any] | None:
         """The recorded golden requests, or None for an archive built without them."""
-        if GOLDEN_FILE not in self.members():
+        golden = self._read_json(GOLDEN_FILE, optional=True)
+        if golden is None:
             return None
-        golden = self._read_json(GOLDEN_FILE)
         if not isinstance(golden, dict) or not isinstance(golden.get("requests"), list):
             raise ArchiveError(f"{self.path.name}: {GOLDEN_FILE} holds no list of requests; rebuild it with "
                                "`make mar`")

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .archive import DEFAULT_MODEL_NAME
+from .verdict import AGGREGATIONS
 
 DEFAULT_FACE_MARGIN = 0.3
+DEFAULT_CROP_FILTER = "area"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -67,7 +69,7 @@ class ModelConfig:
     temperature: float = 1.0
     face_margin: float = DEFAULT_FACE_MARGIN
     """Crops are squares of side ``face box side x (1 + face_margin)``: what the weights were trained on."""
-    crop_filter: CropFilter = "area"
+    crop_filter: CropFilter = DEFAULT_CROP_FILTER
     """How crops are resized to ``input_size``: ``area`` (area filter shrinking, bilinear enlarging) or
     ``linear`` (bilinear always)."""
     trained: bool = False
@@ -153,8 +155,8 @@ class PipelineSettings:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
         if self.forward not in ("torch", "onnxruntime"):
             raise ValueError(f"forward must be torch or onnxruntime, got {self.forward!r}")
-        if self.aggregation not in ("mean", "max", "median"):
-            raise ValueError(f"aggregation must be mean, max or median, got {self.aggregation!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         for name in ("frame_stride", "max_frames", "detect_max_side", "max_faces_per_frame",
                      "max_crops_per_forward", "min_face_size"):
             if getattr(self, name) < 1:

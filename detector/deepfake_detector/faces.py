@@ -40,7 +40,6 @@ def detection_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-
 def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """``image`` reduced to (width, height) with an area filter, in two steps when the reduction is large.
 
@@ -122,29 +121,32 @@ class FaceDetector:
                     boxes, probabilities = self.mtcnn.detect(batch)
             for position, frame_boxes, frame_probs in zip(positions, boxes, probabilities):
                 height, width = frames[position].shape[:2]
-                found[position] = self._select(
-                    frame_boxes, frame_probs, width / small_w, height / small_h, width, height
-                )
+                found[position] = select_faces(frame_boxes, frame_probs, (width / small_w, height / small_h),
+                                               (width, height), self.settings)
         return found
 
-    def _select(
-        self, boxes: np.ndarray | None, probabilities: np.ndarray | None,
-        scale_x: float, scale_y: float, width: int, height: int,
-    ) -> list[Face]:
-        if boxes is None or probabilities is None:
-            return []
-        faces = []
-        for box, probability in zip(boxes, probabilities):
-            if probability is None or probability < self.settings.min_face_probability:
-                continue
-            x1 = float(np.clip(box[0] * scale_x, 0, width))
-            y1 = float(np.clip(box[1] * scale_y, 0, height))
-            x2 = float(np.clip(box[2] * scale_x, 0, width))
-            y2 = float(np.clip(box[3] * scale_y, 0, height))
-            if x2 - x1 >= 1 and y2 - y1 >= 1:
-                faces.append(Face((x1, y1, x2, y2), float(probability)))
-        faces.sort(key=lambda face: face.probability, reverse=True)
-        return faces[: self.settings.max_faces_per_frame]
+
+def select_faces(
+    boxes: np.ndarray | None, probabilities: np.ndarray | None, scale: tuple[float, float],
+    frame_size: tuple[int, int], settings: PipelineSettings,
+) -> list[Face]:
+    """The policy of this module's docstring on one frame's MTCNN output (boxes in the detection copy):
+    confident enough, mapped to the frame's pixels, most confident first (ties keep MTCNN's order), capped."""
+    if boxes is None or probabilities is None:
+        return []
+    (scale_x, scale_y), (width, height) = scale, frame_size
+    faces = []
+    for box, probability in zip(boxes, probabilities):
+        if probability is None or probability < settings.min_face_probability:
+            continue
+        x1 = float(np.clip(box[0] * scale_x, 0, width))
+        y1 = float(np.clip(box[1] * scale_y, 0, height))
+        x2 = float(np.clip(box[2] * scale_x, 0, width))
+        y2 = float(np.clip(box[3] * scale_y, 0, height))
+        if x2 - x1 >= 1 and y2 - y1 >= 1:
+            faces.append(Face((x1, y1, x2, y2), float(probability)))
+    faces.sort(key=lambda face: face.probability, reverse=True)
+    return faces[: settings.max_faces_per_frame]
 
 
 def detect_on_cpu(mtcnn: MTCNN, batch: np.ndarray) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:

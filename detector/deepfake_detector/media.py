@@ -19,7 +19,6 @@ import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -27,8 +26,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .config import PipelineSettings
 from .errors import InputError
+from .verdict import MediaKind
 
-MediaKind = Literal["image", "video"]
 SizeCheck = Callable[[int, int, str], None]
 """``check(width, height, what)``: raises InputError for a size the caller cannot score (the face detector's
 rule, ``faces.check_searchable``), before any pixel is decoded."""

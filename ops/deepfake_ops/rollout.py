@@ -129,7 +129,7 @@ class RolloutHistory:
 def registered_versions(client: TorchServeClient, name: str) -> dict[str, dict[str, Any]]:
     """The server's own description of every registered version (``GET /models/NAME/all``), by version."""
     try:
-        described = client.management("GET", f"/models/{name}/all", f"list the versions of {name}")
+        described = client.describe_all(name)
     except ServerRefusal as refusal:
         if refusal.status == 404:
             return {}
@@ -140,7 +140,7 @@ def registered_versions(client: TorchServeClient, name: str) -> dict[str, dict[s
 def default_version(client: TorchServeClient, name: str) -> str | None:
     """``GET /models/NAME`` describes the default version only (``/all`` has no default flag)."""
     try:
-        described = client.management("GET", f"/models/{name}", f"find the default version of {name}")
+        described = client.describe(name)
     except ServerRefusal as refusal:
         if refusal.status == 404:
             return None

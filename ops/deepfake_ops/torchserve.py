@@ -193,14 +193,13 @@ class TorchServeInstance:
         return pid
 
     def keys(self, wait_s: float = 30.0) -> dict[str, str]:
-        """TorchServe's current tokens: {"management": ..., "inference": ..., "api": ...}."""
+        """TorchServe's current tokens: {"management": ..., "inference": ..., "api": ...}, waiting for the
+        key file the frontend writes at start."""
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                data = json.loads(self.key_file.read_text())
-                return {"management": data["management"]["key"], "inference": data["inference"]["key"],
-                        "api": data["API"]["key"]}
-            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                return read_keys(self.key_file)
+            except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
                 if time.monotonic() > deadline:
                     raise ServerError(f"no key file at {self.key_file}: did TorchServe start?") from None
                 time.sleep(0.2)
@@ -244,7 +243,7 @@ class TorchServeInstance:
 
     def describe(self, model: str = DEFAULT_MODEL_NAME) -> list[dict[str, Any]]:
         """Every registered version of the model, as the management API describes them."""
-        return self.client().management("GET", f"/models/{model}/all", f"describe {model}")
+        return self.client().describe_all(model)
 
 
 ENFORCED_PROPERTIES = (
@@ -252,6 +251,13 @@ ENFORCED_PROPERTIES = (
     "grpc_management_address", "grpc_inference_port", "grpc_management_port", "disable_token_authorization",
     "enable_model_api", "allowed_urls", "model_store", "metrics_mode", "metrics_config", "max_request_size",
 )
+
+
+def read_keys(key_file: Path) -> dict[str, str]:
+    """The tokens in TorchServe's ``key_file.json``: {"management": ..., "inference": ..., "api": ...}."""
+    data = json.loads(Path(key_file).read_text())
+    return {"management": data["management"]["key"], "inference": data["inference"]["key"],
+            "api": data["API"]["key"]}
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -323,7 +329,7 @@ class Endpoint:
         if from_env:
             return from_env
         try:
-            return json.loads(self.key_file.read_text())[kind]["key"]
+            return read_keys(self.key_file)[kind]
         except FileNotFoundError:
             raise ServerRefusal(
                 f"no {kind} token: {self.key_file} does not exist (is the server running from "
@@ -420,6 +426,10 @@ class TorchServeClient:
         """``GET /models/MODEL[/VERSION]``: the default version (or the given one) with its workers."""
         path = f"/models/{model}" + (f"/{version}" if version else "")
         return self.management("GET", path, f"describe {model}" + (f" {version}" if version else ""))
+
+    def describe_all(self, model: str) -> list[dict[str, Any]]:
+        """``GET /models/MODEL/all``: every registered version (with no flag for the default)."""
+        return self.management("GET", f"/models/{model}/all", f"list the versions of {model}")
 
     def wait_ready(
         self, model: str, version: str | None = None, timeout_s: float = 180.0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import shutil
 import zipfile
 from pathlib import Path
@@ -84,24 +86,24 @@ def test_the_standalone_archive_handler_names_the_archive_files_alike() -> None:
 def test_a_foreign_or_incomplete_archive_is_an_archive_error(rollout_store: Path, tmp_path: Path) -> None:
     """Whatever is wrong inside, the caller gets one ArchiveError that says what (never a KeyError or a
     TypeError from deep inside zipfile or json)."""
-    manifest = Archive(archive_path(rollout_store, MODEL_NAME, "1.0")).manifest().to_json()
-    named = '{"model": {"modelName": "deepfake_detector", "modelVersion": "1.0"}}'
+    real = Archive(archive_path(rollout_store, MODEL_NAME, "1.0")).manifest()
+    tiny = dataclasses.replace(real, weights_sha256=hashlib.sha256(b"w").hexdigest()).to_json()
     numbers = ('{"name": 1, "version": 1, "created": "", "weights_sha256": 2, "trained": false, "init_seed": 0, '
                '"model_config": {}, "handler_settings": {}}')
-    cases = {
-        "no model section": ({archive.MANIFEST_FILE: manifest, archive.MAR_MANIFEST_FILE: "[]"}, "verify"),
-        "no model name": ({archive.MANIFEST_FILE: manifest, archive.MAR_MANIFEST_FILE: '{"model": {}}'}, "verify"),
-        "no weights": ({archive.MANIFEST_FILE: manifest, archive.MAR_MANIFEST_FILE: named}, "verify"),
-        "manifest of numbers": ({archive.MANIFEST_FILE: numbers}, "verify"),
-        "golden not a list": ({archive.GOLDEN_FILE: '{"requests": 3}'}, "golden"),
+    cases = {  # members, the call that must refuse, what the refusal names
+        "no model section": ({archive.MAR_MANIFEST_FILE: "[]"}, "mar_manifest", "no model section"),
+        "no model name": ({archive.MANIFEST_FILE: tiny, archive.WEIGHTS_FILE: "w",
+                           archive.MAR_MANIFEST_FILE: '{"model": {"modelVersion": "1.0"}}'}, "verify", "describes"),
+        "no weights": ({archive.MANIFEST_FILE: tiny}, "verify", "holds no"),
+        "manifest of numbers": ({archive.MANIFEST_FILE: numbers}, "manifest", "must be strings"),
+        "golden not a list": ({archive.GOLDEN_FILE: '{"requests": 3}'}, "golden", "no list of requests"),
+        "golden not JSON": ({archive.GOLDEN_FILE: "{"}, "golden", "not JSON"),
     }
-    for name, (members, call) in cases.items():
+    for name, (members, call, says) in cases.items():
         path = tmp_path / f"{name.replace(' ', '_')}.mar"
         with zipfile.ZipFile(path, "w") as mar:
             for member, text in members.items():
                 mar.writestr(member, text)
-        with pytest.raises(ArchiveError):
-            if call == "verify":
-                Archive(path).verify(MODEL_NAME, "1.0")
-            else:
-                Archive(path).golden()
+        mar_file = Archive(path)
+        with pytest.raises(ArchiveError, match=says):
+            mar_file.verify(MODEL_NAME, "1.0") if call == "verify" else getattr(mar_file, call)()

@@ -7,8 +7,7 @@ import cv2
 import numpy as np
 import pytest
 from deepfake_detector import PipelineSettings
-from deepfake_detector import faces as faces_module
-from deepfake_detector.faces import FaceDetector, detection_size, shrink
+from deepfake_detector.faces import FaceDetector, detection_size, select_faces, shrink
 from deepfake_detector.transforms import center_region, face_region
 
 from tests.support import assert_on_face
@@ -63,18 +62,18 @@ def test_several_faces_are_kept_most_confident_first(detector, media):
     assert len(limited) == 1
 
 
-def test_most_confident_faces_are_kept_first_and_ties_keep_mtcnns_order(monkeypatch):
-    """MTCNN's output (here given) is filtered, ordered most confident first (ties: in MTCNN's order) and cut."""
+def test_most_confident_faces_are_kept_first_and_ties_keep_mtcnns_order():
+    """The selection policy on given MTCNN output: weak detections dropped, boxes mapped to the frame, most
+    confident first with ties in MTCNN's order, then cut at max_faces_per_frame."""
     boxes = np.array([[10, 10, 60, 60], [100, 10, 150, 60], [200, 10, 250, 60], [300, 10, 350, 60],
                       [400, 10, 450, 60]], dtype=np.float32)
     probabilities = np.array([0.95, 0.999, 0.97, 0.999, 0.5], dtype=np.float32)
-    monkeypatch.setattr(faces_module, "detect_on_cpu", lambda mtcnn, batch: ([boxes], [probabilities]))
-    frame = np.zeros((480, 480, 3), dtype=np.uint8)
-    kept = FaceDetector(PipelineSettings(max_faces_per_frame=3)).detect([frame])[0]
-    assert [face.box[0] for face in kept] == [100, 300, 200]
+    kept = select_faces(boxes, probabilities, (2.0, 2.0), (960, 960), PipelineSettings(max_faces_per_frame=3))
+    assert [face.box[0] for face in kept] == [200, 600, 400]
     assert [face.probability for face in kept] == pytest.approx([0.999, 0.999, 0.97])
-    one = FaceDetector(PipelineSettings(max_faces_per_frame=1)).detect([frame])[0]
-    assert [face.box[0] for face in one] == [100]
+    one = select_faces(boxes, probabilities, (2.0, 2.0), (960, 960), PipelineSettings(max_faces_per_frame=1))
+    assert [face.box[0] for face in one] == [200]
+    assert select_faces(None, None, (1.0, 1.0), (960, 960), PipelineSettings()) == []
 
 
 def test_face_region_is_a_square_inside_the_image():

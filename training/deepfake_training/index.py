@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from deepfake_detector.config import DEFAULT_FACE_MARGIN
+from deepfake_detector.config import DEFAULT_CROP_FILTER, DEFAULT_FACE_MARGIN
 
 SPLITS = ("train", "val", "test")
 LABELS = ("REAL", "FAKE")
@@ -129,7 +129,7 @@ class CropGeometry:
     cuts faces exactly so (``crops.json`` beside the index)."""
 
     face_margin: float = DEFAULT_FACE_MARGIN
-    crop_filter: str = "area"
+    crop_filter: str = DEFAULT_CROP_FILTER
     crop_size: int = 224
 
     def save(self, folder: Path) -> None:
