@@ -1,52 +1,53 @@
-# The detector on the official TorchServe 0.12.0 image, CPU or GPU:
-#   docker build -t deepfake-detector:cpu .                            (make docker)
-#   docker build --build-arg VARIANT=gpu -t deepfake-detector:gpu .    (make docker VARIANT=gpu)
-# The archives in model_store/ are baked in; mount another store over /srv/deepfake/model-store to
-# serve others (and LOAD_MODELS names what starts). It runs as uid 10001, never root.
-ARG VARIANT=cpu
-FROM pytorch/torchserve:0.12.0-${VARIANT}
+# The detector's image, CPU or GPU, on a plain Python 3.11 base (the pinned stack needs Python >= 3.11;
+# TorchServe's own 0.12.0 images ship 3.9):
+#   docker build -t deepfake-detector:cpu .                     (make docker)
+#   docker build --target gpu -t deepfake-detector:gpu .        (make docker VARIANT=gpu)
+# torch 2.14.1 from PyPI carries its own CUDA 13.0 runtime (the nvidia-* wheels it pins), so both variants
+# install the same packages and the GPU one's torch and CUDA always match; a GPU node needs an NVIDIA
+# driver for CUDA 13.0 (R580 or newer) and the NVIDIA container runtime. The archives in model_store/ are
+# baked in; mount another store over /srv/deepfake/model-store to serve others (LOAD_MODELS names what
+# starts). It runs as uid 10001, never root, and writes only under /srv/deepfake/var.
+# Without a container engine, tests/server/test_image.py checks this file: the requirements resolve for
+# this base's Python, and the entrypoint, environment, user and folders below serve a photo.
+FROM python:3.11-slim-bookworm AS base
 
-ARG LOAD_MODELS=deepfake_detector-1.0.mar
-# In a pod the inference and metrics listeners must face the pod network; management stays on
-# loopback (kubectl port-forward or exec reaches it). Token authorization stays on.
-ARG BIND_ADDRESS=0.0.0.0
+# Java 17 for TorchServe's frontend; tini as PID 1, so that SIGTERM stops TorchServe and its workers.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
+    && rm -rf /var/lib/apt/lists/*
+
+COPY requirements-serving.txt /tmp/requirements-serving.txt
+RUN python -m pip install --no-cache-dir -r /tmp/requirements-serving.txt \
+    && rm /tmp/requirements-serving.txt
 
 ENV APP_HOME=/srv/deepfake \
-    LOG_LOCATION=/srv/deepfake/logs \
-    METRICS_LOCATION=/srv/deepfake/logs \
-    DEEPFAKE_AUDIT_LOG=/srv/deepfake/logs/audit.log \
+    LOAD_MODELS=deepfake_detector-1.0.mar \
+    DEEPFAKE_BIND_ADDRESS=0.0.0.0 \
     HF_HUB_OFFLINE=1 \
     PYTHONDONTWRITEBYTECODE=1
-
-USER 0
-COPY requirements-serving.txt /tmp/requirements-serving.txt
-# A numeric user of our own: Kubernetes can verify runAsNonRoot only against a numeric uid.
-RUN python -m pip install --no-cache-dir -r /tmp/requirements-serving.txt \
-    && rm /tmp/requirements-serving.txt \
-    && useradd --uid 10001 --gid 0 --create-home --home-dir /home/deepfake --shell /usr/sbin/nologin deepfake \
-    && mkdir -p /srv/deepfake/logs \
-    && chown -R 10001:0 /srv/deepfake
-
-WORKDIR /srv/deepfake
-COPY --chown=10001:0 config/ /srv/deepfake/config/
-COPY --chown=10001:0 model_store/ /srv/deepfake/model-store/
-COPY --chown=10001:0 scripts/healthcheck.py /srv/deepfake/healthcheck.py
-
-# The container's config, rendered from the repository's template (as deepfake_ops.torchserve renders it).
-RUN sed -e "s#@MODEL_STORE@#/srv/deepfake/model-store#g" \
-        -e "s#@LOAD_MODELS@#${LOAD_MODELS}#g" \
-        -e "s#@METRICS_CONFIG@#/srv/deepfake/config/metrics.yaml#g" \
-        -e "s#^inference_address=http://127.0.0.1#inference_address=http://${BIND_ADDRESS}#" \
-        -e "s#^metrics_address=http://127.0.0.1#metrics_address=http://${BIND_ADDRESS}#" \
-        /srv/deepfake/config/config.properties > /srv/deepfake/container.properties \
-    && chown 10001:0 /srv/deepfake/container.properties
+COPY deploy/image/ /srv/deepfake/bin/
+COPY scripts/healthcheck.py /srv/deepfake/bin/healthcheck.py
+COPY config/ /srv/deepfake/config/
+COPY model_store/ /srv/deepfake/model-store/
+RUN /srv/deepfake/bin/prepare.sh
 
 USER 10001
+WORKDIR /srv/deepfake/var
+# In a pod the inference and metrics listeners face the pod network; management stays on loopback.
 EXPOSE 8080 8082
-# /ping needs the inference key, which expires after 60 min: the check renews keys before it pings.
+# Healthy only when every registered model's default version has a READY worker (and after renewing
+# TorchServe's expiring keys): /ping alone answers Healthy with no model loaded.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["python", "/srv/deepfake/healthcheck.py", "--key-file", "/srv/deepfake/key_file.json"]
+    CMD ["python", "/srv/deepfake/bin/healthcheck.py"]
 
-ENTRYPOINT ["torchserve", "--start", "--foreground", "--ncs", \
-            "--ts-config", "/srv/deepfake/container.properties", \
-            "--model-store", "/srv/deepfake/model-store"]
+ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/srv/deepfake/bin/entrypoint.sh"]
+
+# The GPU variant asks the NVIDIA container runtime for the container's GPUs (Kubernetes' device plugin
+# narrows them to the pod's nvidia.com/gpu); TorchServe spreads the workers over what it sees.
+FROM base AS gpu
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# The CPU variant, the default target (last stage). It carries the same CUDA libraries, unused.
+FROM base AS cpu

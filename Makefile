@@ -9,24 +9,29 @@ NAME ?= deepfake_detector
 MAR := model_store/$(NAME)-$(VERSION).mar
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help install java mar serve stop status test test-fast lint clean
+.PHONY: help install java tini mar serve stop status test test-fast lint clean
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-serving.txt pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed java  ## Create .venv with the pinned requirements (and Java if missing)
+install: $(VENV)/.installed java tini  ## Create .venv with the pinned requirements (and Java and tini if missing)
 
 java:  ## Make sure Java 11+ is on PATH (TorchServe's frontend), installing it with apt-get if needed
 	@command -v java >/dev/null || { command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless) || \
 		{ echo "TorchServe needs Java 11+: install openjdk-17-jre-headless"; exit 1; }; }
+
+tini:  ## Make sure tini (the image's PID 1) is on PATH for the image tests, installing it with apt-get if needed
+	@command -v tini >/dev/null || { command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq tini) || \
+		{ echo "the image tests run the image's entrypoint under tini: install tini"; exit 1; }; }
 
 mar: install  ## Build model_store/$(NAME)-$(VERSION).mar (WEIGHTS=file.safetensors, default: untrained seeded)
 	$(PY) -m deepfake_ops.build_mar --name $(NAME) --version $(VERSION) $(if $(WEIGHTS),--weights $(WEIGHTS))
@@ -79,9 +84,9 @@ benchmark: install  ## In-process vs served throughput, stage by stage; table an
 VARIANT ?= cpu
 IMAGE ?= deepfake-detector:$(VARIANT)
 
-docker: $(MAR)  ## Build the image on pytorch/torchserve:0.12.0-$(VARIANT) (VARIANT=cpu|gpu, IMAGE=name:tag); needs Docker
+docker: $(MAR)  ## Build the image (python:3.11-slim base; VARIANT=cpu|gpu, IMAGE=name:tag); needs Docker
 	@command -v docker >/dev/null || { echo "docker is not installed here; the Dockerfile is checked by make lint-deploy"; exit 1; }
-	docker build --build-arg VARIANT=$(VARIANT) -t $(IMAGE) .
+	docker build --target $(VARIANT) -t $(IMAGE) .
 
 lint-deploy: install  ## Lint the Dockerfile (hadolint) and validate deploy/*.yaml against Kubernetes schemas, offline
 	$(VENV)/bin/hadolint Dockerfile

@@ -26,9 +26,9 @@ import torch  # noqa: E402
 from deepfake_detector import archive  # noqa: E402
 from deepfake_detector.audit import AuditLog, AuditSettings, audit_record  # noqa: E402
 from deepfake_detector.config import PipelineSettings  # noqa: E402
-from deepfake_detector.cpu_tuning import keep_freed_memory, use_cpu_threads  # noqa: E402
+from deepfake_detector.cpu_tuning import keep_freed_memory, threads_per_worker, use_cpu_threads  # noqa: E402
 from deepfake_detector.drift import VerdictWindow, window_size  # noqa: E402
-from deepfake_detector.errors import InputError  # noqa: E402
+from deepfake_detector.errors import InputError, RequestError  # noqa: E402
 from deepfake_detector.pipeline import DetectionPipeline  # noqa: E402
 from deepfake_detector.verdict import Verdict  # noqa: E402
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError  # noqa: E402
@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 _UNDECLARED: set[str] = set()
 _STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
-                   422: "Unprocessable Entity"}
+                   422: "Unprocessable Entity", 503: "Service Unavailable"}
+_RETRY_AFTER_S = "1"  # seconds, on a retryable error: a full temp area drains as the batches in flight finish
 
 
 class DeepfakeDetectorHandler:
@@ -67,22 +68,23 @@ class DeepfakeDetectorHandler:
         if archive.verify_unpacked(model_dir) is None:
             logger.warning("no %s in the archive: weights integrity not checked", archive.MANIFEST_FILE)
 
-        device = _select_device(properties.get("gpu_id"))
-        if device.type == "cpu":
-            workers = serving_config.get("minWorkers", 1)
-            use_cpu_threads(settings.cpu_threads or _threads_per_worker(workers))
+        device = select_device(properties.get("gpu_id"))
+        # On a GPU too: decoding, resizing and the crops run on the CPU, in these threads.
+        use_cpu_threads(settings.cpu_threads or threads_per_worker(serving_config.get("minWorkers", 1)))
         kept = keep_freed_memory(settings.keep_freed_mb)
         onnx_file = os.path.join(model_dir, archive.ONNX_FILE) if settings.forward == "onnxruntime" else None
         self.pipeline = DetectionPipeline.from_weights(weights, settings, device=device, version=version,
                                                        onnx_file=onnx_file, model_name=self.model_name)
+        warm_up_s = self.pipeline.warm_up()
         self.verdicts = VerdictWindow(window_size())
         self.audit = AuditLog(AuditSettings.from_environment())
         if self.audit.enabled:
             logger.info("audit log: %s", self.audit.settings.path)
         info = self.pipeline.model_info
-        logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s, freed memory kept: %s)",
-                    info.name, version, device, torch.get_num_threads(), self.pipeline.runtime.name,
-                    f"up to {settings.keep_freed_mb} MB" if kept else "no")
+        logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s %s, freed memory kept: %s, "
+                    "warm-up %.2f s)", info.name, version, device, torch.get_num_threads(),
+                    self.pipeline.runtime.name, info.compute, f"up to {settings.keep_freed_mb} MB" if kept else "no",
+                    warm_up_s)
         if not info.trained:
             logger.warning(
                 "model %s version %s carries UNTRAINED weights (seeded initialisation): its verdicts are "
@@ -98,18 +100,20 @@ class DeepfakeDetectorHandler:
         bodies = [body for body in extracted if isinstance(body, bytes)]
         report = self.pipeline.score_batch(bodies)
         scored = iter(report.outcomes)
-        outcomes = [body if isinstance(body, InputError) else next(scored) for body in extracted]
+        outcomes = [body if isinstance(body, RequestError) else next(scored) for body in extracted]
 
         for index, outcome in enumerate(outcomes):
             context.set_response_content_type(index, "application/json")
-            if isinstance(outcome, InputError):
+            if isinstance(outcome, RequestError):
                 context.set_response_status(outcome.status, _STATUS_PHRASES.get(outcome.status, ""), index)
+                if outcome.retryable:
+                    context.set_response_header(index, "Retry-After", _RETRY_AFTER_S)
             else:
                 self.verdicts.add(outcome.is_fake)
         elapsed_ms = 1000 * (time.perf_counter() - started)
         logger.info(
             "scored batch: requests=%d errors=%d crops=%d ms=%.1f stages_ms=%s",
-            len(data), sum(isinstance(o, InputError) for o in outcomes), report.crops, elapsed_ms,
+            len(data), sum(isinstance(o, RequestError) for o in outcomes), report.crops, elapsed_ms,
             json.dumps({k: round(1000 * v, 1) for k, v in report.stage_seconds.items()}),
         )
         stage_ms = {stage: 1000 * seconds for stage, seconds in report.stage_seconds.items()}
@@ -149,7 +153,7 @@ def request_body(request: dict[str, Any]) -> bytes | InputError:
 
 
 def record_metrics(
-    metrics: Any, model: tuple[str, str], outcomes: list[Verdict | InputError], stage_ms: dict[str, float],
+    metrics: Any, model: tuple[str, str], outcomes: list[Verdict | RequestError], stage_ms: dict[str, float],
     verdicts: VerdictWindow,
 ) -> None:
     """Feed the batch into the metrics declared in config/metrics.yaml; a missing declaration is skipped."""
@@ -157,7 +161,7 @@ def record_metrics(
         return
     emit = _metric_emitter(metrics, list(model))
     for outcome in outcomes:
-        if isinstance(outcome, InputError):
+        if isinstance(outcome, RequestError):
             emit("DeepfakeRequests", MetricTypes.COUNTER, 1, "ERROR")
             continue
         emit("DeepfakeRequests", MetricTypes.COUNTER, 1, outcome.label)
@@ -193,12 +197,21 @@ def _request_id(context: Any, index: int) -> str | None:
         return None
 
 
-def _select_device(gpu_id: Any) -> torch.device:
-    if gpu_id is not None and torch.cuda.is_available():
-        return torch.device(f"cuda:{int(gpu_id)}")
-    return torch.device("cpu")
+def select_device(gpu_id: Any) -> torch.device:
+    """The GPU TorchServe assigned to this worker, or the CPU when it assigned none.
 
-
-def _threads_per_worker(workers: int) -> int:
-    """Split the cores among the model's workers so they do not oversubscribe the CPU."""
-    return max(1, (os.cpu_count() or 1) // max(1, int(workers)))
+    A worker given a GPU that it cannot use fails to load, with the reason, rather than serve on the CPU
+    at a fraction of the throughput the deployment was sized for.
+    """
+    if gpu_id is None:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"TorchServe assigned GPU {gpu_id} to this worker, but CUDA is not usable here (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}, devices seen: "
+            f"{torch.cuda.device_count()}): check the NVIDIA driver and runtime, or run the CPU image"
+        )
+    index = int(gpu_id)
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"TorchServe assigned GPU {index}, but only {torch.cuda.device_count()} are visible")
+    return torch.device(f"cuda:{index}")

@@ -39,6 +39,8 @@ _EXPORTS = {
     "DetectionPipeline": "pipeline",
     "DeepfakeDetector": "architecture",
     "InputError": "errors",
+    "RequestError": "errors",
+    "TemporaryError": "errors",
     "WeightsMismatchError": "errors",
     "ModelConfig": "config",
     "PipelineSettings": "config",

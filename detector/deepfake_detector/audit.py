@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import InputError
+from .errors import RequestError
 from .verdict import Verdict
 
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
@@ -130,7 +130,7 @@ class AuditLog:
 def audit_record(
     request_id: str | None,
     body: bytes | None,
-    outcome: Verdict | InputError,
+    outcome: Verdict | RequestError,
     model_version: str,
     latency_ms: float,
 ) -> dict[str, Any]:
@@ -143,13 +143,13 @@ def audit_record(
         "bytes": len(body) if body is not None else 0,
         "media_type": verdict.media.type if verdict else None,
         "media_format": verdict.media.format if verdict else None,
-        "status": outcome.status if isinstance(outcome, InputError) else 200,
+        "status": outcome.status if isinstance(outcome, RequestError) else 200,
         "verdict": verdict.label if verdict else None,
         "fake_probability": verdict.fake_probability if verdict else None,
         "face_detected": verdict.face_detected if verdict else None,
         "model_version": model_version,
         "latency_ms": round(latency_ms, 1),
     }
-    if isinstance(outcome, InputError):
+    if isinstance(outcome, RequestError):
         record["error"] = outcome.code
     return record

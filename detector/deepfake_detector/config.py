@@ -26,6 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Aggregation = Literal["mean", "max", "median"]
 Forward = Literal["torch", "onnxruntime"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]
 CropFilter = Literal["area", "linear"]
 WEIGHTS_OWNED = {
     "face_margin": "the crop margin the weights were trained with",
@@ -134,8 +135,13 @@ class PipelineSettings:
     forward: Forward = "torch"
     """Which runtime computes the network on CPU: PyTorch, or ONNX Runtime on an export of the same weights
     (about twice as fast here; refused at load unless within 1e-4 of PyTorch). GPUs always use PyTorch."""
+    precision: Precision = "auto"
+    """The backbone's precision with PyTorch: ``fp16`` or ``bf16`` run it under autocast, ``fp32`` (true fp32:
+    no TF32 on a GPU) not; ``auto`` is fp16 on a GPU and fp32 on a CPU. The head always runs in fp32
+    (``runtimes.TorchRuntime``). On a CPU: fp32, or bf16 with ``forward: torch``."""
     cpu_threads: int = 0
-    """Torch intra-op threads on CPU; 0 lets the handler divide the cores among the workers."""
+    """Intra-op threads of PyTorch, ONNX Runtime and OpenCV, on every device; 0 lets the handler divide the
+    CPUs the container may use (its CPU quota, else the cores it may run on) among the workers."""
     keep_freed_mb: int = 256
     """glibc: buffers below this many MB come from the heap, and up to this much freed memory is kept for the
     next request instead of being faulted in again page by page (``cpu_tuning.keep_freed_memory``); 0: glibc's
@@ -155,6 +161,8 @@ class PipelineSettings:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
         if self.forward not in ("torch", "onnxruntime"):
             raise ValueError(f"forward must be torch or onnxruntime, got {self.forward!r}")
+        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         for name in ("frame_stride", "max_frames", "detect_max_side", "max_faces_per_frame",

@@ -8,7 +8,8 @@ Policy, in one place:
 * Faces smaller than ``min_face_size`` pixels of that copy, or than ``min_face_fraction`` of its shorter
   side, are not searched for: the pyramid starts at the smallest face worth scoring, which also makes the
   cost of detection the same for a 480p photo and a 4K one.
-* Frames of the same (downscaled) size are detected in one batched MTCNN call.
+* Frames of the same (downscaled) size are detected in one batched MTCNN call (:func:`detect_batched`, on
+  the CPU and the GPU alike).
 * Detections below ``min_face_probability`` are dropped; the ``max_faces_per_frame`` most confident
   remaining faces are kept, most confident first (equal probabilities keep MTCNN's order). Every kept face is
   scored, and the frame scores as its most-fake face (``verdict.frame_probability``).
@@ -115,10 +116,7 @@ class FaceDetector:
             batch = np.stack([shrink(frames[p], small_w, small_h) for p in positions])
             self.mtcnn.min_face_size = self.min_face_size(small_w, small_h)
             with torch.inference_mode():
-                if self.device.type == "cpu":
-                    boxes, probabilities = detect_on_cpu(self.mtcnn, batch)
-                else:
-                    boxes, probabilities = self.mtcnn.detect(batch)
+                boxes, probabilities = detect_batched(self.mtcnn, batch, self.device)
             for position, frame_boxes, frame_probs in zip(positions, boxes, probabilities):
                 height, width = frames[position].shape[:2]
                 found[position] = select_faces(frame_boxes, frame_probs, (width / small_w, height / small_h),
@@ -149,16 +147,19 @@ def select_faces(
     return faces[: settings.max_faces_per_frame]
 
 
-def detect_on_cpu(mtcnn: MTCNN, batch: np.ndarray) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
-    """MTCNN's three stages on a batch of same-sized uint8 RGB frames, arranged for a CPU.
+def detect_batched(
+    mtcnn: MTCNN, batch: np.ndarray, device: str | torch.device = "cpu",
+) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """MTCNN's three stages on a batch of same-sized uint8 RGB frames, on ``device`` (MTCNN's own).
 
     The networks, thresholds, pyramid, resampling (area) and box arithmetic are facenet-pytorch's, so the
     boxes are the same as ``MTCNN.detect``'s. What differs is the arrangement: the networks run in
     channels_last memory (max-pooling is several times faster there on a CPU), and the candidate windows of
-    the second and third stages are resampled in one call per window size rather than one per window.
+    the second and third stages are resampled in one call per window size rather than one per window, which
+    matters most on a GPU, where facenet-pytorch's loop launches a few kernels per window.
     Returns, per frame, an (N, 4) box array and N probabilities, or None and None when nothing was found.
     """
-    images = torch.from_numpy(np.require(batch, requirements="W")).permute(0, 3, 1, 2).float()
+    images = torch.from_numpy(np.require(batch, requirements="W")).to(device).permute(0, 3, 1, 2).float()
     count, _, height, width = images.shape
     thresholds = mtcnn.thresholds
     scale = 12.0 / mtcnn.min_face_size
@@ -209,8 +210,8 @@ def detect_on_cpu(mtcnn: MTCNN, batch: np.ndarray) -> tuple[list[np.ndarray | No
         keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], frame_of_box, 0.7, "Min")
         boxes, frame_of_box = boxes[keep], frame_of_box[keep]
 
-    found = boxes.numpy()
-    frame_of_found = frame_of_box.numpy()
+    found = boxes.cpu().numpy()
+    frame_of_found = frame_of_box.cpu().numpy()
     all_boxes: list[np.ndarray | None] = []
     all_probabilities: list[np.ndarray | None] = []
     for frame in range(count):
@@ -234,17 +235,17 @@ def _windows(
     """
     height, width = images.shape[2:]
     top, bottom, left, right = pad(boxes, width, height)
-    frames = frame_of_box.numpy()
+    frames = frame_of_box.cpu().numpy()
     kept = [k for k in range(len(top)) if bottom[k] > top[k] - 1 and right[k] > left[k] - 1]
     by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
     for position, k in enumerate(kept):
         by_shape[(bottom[k] - top[k] + 1, right[k] - left[k] + 1)].append(position)
-    windows = torch.empty(len(kept), 3, size, size)
+    windows = torch.empty(len(kept), 3, size, size, device=images.device)
     for positions in by_shape.values():
         crops = torch.stack([
             images[frames[kept[p]], :, top[kept[p]] - 1:bottom[kept[p]], left[kept[p]] - 1:right[kept[p]]]
             for p in positions
         ])
         windows[positions] = interpolate(crops, size=(size, size), mode="area")
-    selection = torch.as_tensor(kept, dtype=torch.int64)
+    selection = torch.as_tensor(kept, dtype=torch.int64, device=boxes.device)
     return windows, boxes[selection], frame_of_box[selection]

@@ -1,10 +1,11 @@
 """Turning request bytes into RGB frames.
 
 The format is recognised from the bytes themselves (magic numbers), never from a file name or a header
-the client sets. Images decode with Pillow, videos with OpenCV's FFmpeg backend. A video is read
+the client sets. Images decode with Pillow, videos with OpenCV's FFmpeg backend, from a temporary copy of the
+body in :func:`video_temp_dir` (a full temp area answers that one request with a retryable 503). A video is read
 sequentially and only every ``frame_stride``-th frame is converted to pixels (``grab`` for the others),
 up to ``max_frames`` sampled frames; the rest of the file is never decoded. Every limit is checked before
-the expensive step it protects, and every failure is an :class:`InputError` with its own status.
+the expensive step it protects, and every failure the input causes is an :class:`InputError` with its own status.
 
 Every frame is decoded at full resolution, so a face is cropped from exactly the pixels a full decode gives,
 whatever the size of the photo. Colour and grey JPEGs, the bulk of the traffic, decode through OpenCV's
@@ -14,18 +15,21 @@ and decodes everything else.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .config import PipelineSettings
-from .errors import InputError
+from .errors import InputError, TemporaryError
 from .verdict import MediaKind
 
 SizeCheck = Callable[[int, int, str], None]
@@ -36,7 +40,8 @@ IMAGE_FORMATS = ("jpeg", "png", "webp", "bmp", "gif", "tiff")
 VIDEO_FORMATS = ("mp4", "mov", "avi", "mkv", "webm")
 _LIBJPEG_RGB_MODES = ("RGB", "L")  # YCbCr and grey JPEGs; CMYK and YCCK ones go through Pillow
 _STILL_IMAGE_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"}
-_TEMP_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+VIDEO_TMPDIR_ENV = "DEEPFAKE_VIDEO_TMPDIR"
+_SHARED_MEMORY = "/dev/shm"
 
 
 @dataclass
@@ -182,12 +187,21 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
 
+def video_temp_dir() -> str | None:
+    """Where request videos are written for the decoder: ``$DEEPFAKE_VIDEO_TMPDIR`` (the image points it at a
+    memory volume with a size limit), else ``/dev/shm`` when writable, else the system's temp folder."""
+    configured = os.environ.get(VIDEO_TMPDIR_ENV, "").strip()
+    if configured:
+        return configured
+    if os.path.isdir(_SHARED_MEMORY) and os.access(_SHARED_MEMORY, os.W_OK):
+        return _SHARED_MEMORY
+    return None
+
+
 def decode_video(body: bytes, fmt: str, settings: PipelineSettings, check_size: SizeCheck | None = None
                  ) -> DecodedMedia:
     """Sample every ``frame_stride``-th frame, at most ``max_frames`` of them, as RGB arrays."""
-    with tempfile.NamedTemporaryFile(suffix=f".{fmt}", dir=_TEMP_DIR) as temp:
-        temp.write(body)
-        temp.flush()
+    with _temporary_copy(body, fmt) as temp:
         capture = cv2.VideoCapture(temp.name, cv2.CAP_FFMPEG)
         try:
             if not capture.isOpened():
@@ -209,6 +223,33 @@ def decode_video(body: bytes, fmt: str, settings: PipelineSettings, check_size: 
         "video", fmt, width, height, frames, indices,
         total_frames=announced if announced > 0 else None, fps=fps if fps > 0 else None,
     )
+
+
+@contextlib.contextmanager
+def _temporary_copy(body: bytes, fmt: str) -> Iterator[Any]:
+    """The body written to a temporary file that is removed afterwards; a temp area that cannot take it (full,
+    over quota, missing) is this request's TemporaryError, not the batch's failure."""
+    folder = video_temp_dir()
+    with contextlib.ExitStack() as cleanup:
+        try:
+            temp = cleanup.enter_context(tempfile.NamedTemporaryFile(suffix=f".{fmt}", dir=folder))
+            temp.write(body)
+            temp.flush()
+        except OSError as error:
+            raise _temp_area_error(error, folder, len(body)) from error
+        yield temp
+
+
+def _temp_area_error(error: OSError, folder: str | None, size: int) -> TemporaryError:
+    where = folder or tempfile.gettempdir()
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TemporaryError(
+            "temp_space_full",
+            f"the video temp area ({where}) has no room for this {size}-byte video now; retry shortly "
+            "(space frees as the videos being decoded finish)",
+        )
+    return TemporaryError("temp_unavailable", f"the video could not be written to the temp area ({where}): "
+                          f"{error.strerror or error}")
 
 
 def _sample_frames(capture: cv2.VideoCapture, stride: int, max_frames: int) -> tuple[list[np.ndarray], list[int]]:

@@ -2,7 +2,7 @@
 
 ``DetectionPipeline.score_batch`` takes the bodies of several requests at once (a TorchServe batch, a
 benchmark, a test) and returns one outcome per body, in order: a :class:`~.verdict.Verdict`, or the
-InputError that request earned. Decoding is per request, so one bad body never affects the others, and
+RequestError that request earned. Decoding is per request, so one bad body never affects the others, and
 the requests of a batch decode side by side on the threads the process was given (the decoders run in C
 without the GIL: a core would otherwise idle while the other decodes a 4K photo). Face detection is
 batched across every frame of every request, and every crop of every request (image faces and video
@@ -26,7 +26,7 @@ import torch
 
 from .architecture import DeepfakeDetector
 from .config import PipelineSettings
-from .errors import InputError
+from .errors import RequestError
 from .faces import Face, FaceDetector, check_searchable
 from .media import DecodedMedia, decode_media
 from .runtimes import Runtime, select_runtime
@@ -51,7 +51,7 @@ class _Crop:
 class BatchReport:
     """The outcome for each body plus what the batch cost, stage by stage (for metrics and benchmarks)."""
 
-    outcomes: list[Verdict | InputError]
+    outcomes: list[Verdict | RequestError]
     stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     crops: int = 0
 
@@ -92,12 +92,13 @@ class DetectionPipeline:
 
     @property
     def model_info(self) -> ModelInfo:
-        return ModelInfo(self.model_name, self.version, self.config.backbone, self.config.trained)
+        return ModelInfo(self.model_name, self.version, self.config.backbone, self.config.trained,
+                         self.runtime.compute)
 
     def score(self, body: bytes) -> Verdict:
-        """One body's result; raises its InputError."""
+        """One body's result; raises its RequestError."""
         outcome = self.score_batch([body]).outcomes[0]
-        if isinstance(outcome, InputError):
+        if isinstance(outcome, RequestError):
             raise outcome
         return outcome
 
@@ -105,7 +106,7 @@ class DetectionPipeline:
         report = BatchReport(outcomes=[])
         with _timed(report, "decode"):
             if self._decoders is not None and len(bodies) > 1:
-                decoded: list[DecodedMedia | InputError] = list(self._decoders.map(self._decode, bodies))
+                decoded: list[DecodedMedia | RequestError] = list(self._decoders.map(self._decode, bodies))
             else:
                 decoded = [self._decode(body) for body in bodies]
         media = [(i, m) for i, m in enumerate(decoded) if isinstance(m, DecodedMedia)]
@@ -132,7 +133,7 @@ class DetectionPipeline:
         for crop, probability in zip(crops, probabilities.tolist()):
             scores.setdefault((crop.request, crop.frame), []).append((crop, probability))
         report.outcomes = [
-            outcome if isinstance(outcome, InputError) else self._result(i, outcome, scores)
+            outcome if isinstance(outcome, RequestError) else self._result(i, outcome, scores)
             for i, outcome in enumerate(decoded)
         ]
         return report
@@ -150,10 +151,26 @@ class DetectionPipeline:
                 outputs.append(self.model.fake_probability(logits).float().cpu())
         return torch.cat(outputs).numpy()
 
-    def _decode(self, body: bytes) -> DecodedMedia | InputError:
+    def warm_up(self) -> float:
+        """Detection and classification once on a blank frame; returns the seconds it took.
+
+        The first pass pays one-time costs (CUDA context and kernels, ONNX Runtime's and oneDNN's first-run
+        setup) that would otherwise fall on the first request a worker serves after reporting READY. On a GPU
+        the classification runs on a full chunk, the largest forward the worker will see.
+        """
+        started = time.perf_counter()
+        self.face_detector.detect([np.full((480, 640, 3), 128, dtype=np.uint8)])
+        crops = self.settings.max_crops_per_forward if self.device.type == "cuda" else 1
+        size = self.config.input_size
+        self.classify(np.zeros((crops, size, size, 3), dtype=np.uint8))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - started
+
+    def _decode(self, body: bytes) -> DecodedMedia | RequestError:
         try:
             return decode_media(body, self.settings, self._check_size)
-        except InputError as error:
+        except RequestError as error:
             return error
 
     def _plan_crops(self, request: int, frame: int, image: np.ndarray, faces: list[Face]) -> Iterator[_Crop]:

@@ -1,7 +1,9 @@
 """Where the network's forward pass runs: PyTorch (CPU or GPU) or ONNX Runtime (CPU), chosen once at load.
 
-Each runtime takes normalised images (N, 3, S, S) on the pipeline's device and returns logits; the pipeline
-calls whichever :func:`select_runtime` picked and never asks again per batch.
+Each runtime takes normalised images (N, 3, S, S) on the pipeline's device and returns fp32 logits; the
+pipeline calls whichever :func:`select_runtime` picked and never asks again per batch. Each says where and
+in which precision it computes (``compute``, e.g. ``cuda/fp16``): answers carry it, and the golden requests
+are compared with the tolerance recorded for it.
 """
 
 from __future__ import annotations
@@ -16,28 +18,65 @@ from .architecture import DeepfakeDetector
 from .config import PipelineSettings
 from .errors import WeightsMismatchError
 
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 class Runtime(Protocol):
-    """Normalised images -> logits."""
+    """Normalised images -> fp32 logits."""
 
     name: str
+    compute: str
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 class TorchRuntime:
-    """The eager PyTorch network; on a GPU under fp16 autocast."""
+    """The eager PyTorch network, the backbone in ``precision`` and the head always in fp32.
+
+    Under fp16 or bf16 only the backbone runs in autocast. The design's head (Linear, ReLU, BatchNorm1d,
+    Linear) gets the features as fp32 and runs with autocast off, even inside a caller's autocast region:
+    in half precision its normalisation and last projection alone move the fake probability by more than the
+    golden requests' 1e-4. ``fp32`` on a GPU turns TF32 off, so that it means fp32.
+    """
 
     name = "torch"
 
-    def __init__(self, model: DeepfakeDetector, device: torch.device) -> None:
+    def __init__(self, model: DeepfakeDetector, device: torch.device, precision: str = "fp32") -> None:
         self.model = model
-        self.autocast = device.type == "cuda"
         self.device_type = device.type
+        self.autocast_dtype = _AUTOCAST_DTYPES.get(precision)
+        self.compute = f"{device.type}/{precision}"
+        if device.type == "cuda" and self.autocast_dtype is None:
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.float16, enabled=self.autocast):
-            return self.model(images)
+        if self.autocast_dtype is None:
+            features = self.model.forward_features(images)
+        else:
+            with torch.autocast(self.device_type, dtype=self.autocast_dtype):
+                features = self.model.forward_features(images)
+        return self.head(features)
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The head on fp32 features, in fp32 whatever autocast region the caller is in."""
+        with torch.autocast(self.device_type, enabled=False):
+            return self.model.forward_head(features.float())
+
+
+def resolve_precision(settings: PipelineSettings, device: torch.device) -> str:
+    """The settings' ``precision`` for this device (``auto``: fp16 on a GPU, fp32 on a CPU), or ValueError
+    for a combination that cannot run."""
+    precision = settings.precision
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if device.type == "cpu" and precision != "fp32":
+        if precision == "fp16":
+            raise ValueError("precision: fp16 runs on a GPU only; on a CPU use fp32 or bf16 (with forward: torch)")
+        if settings.forward != "torch":
+            raise ValueError(f"precision: {precision} on a CPU needs forward: torch (ONNX Runtime runs the fp32 "
+                             "export)")
+    return precision
 
 
 def select_runtime(
@@ -45,10 +84,11 @@ def select_runtime(
 ) -> Runtime:
     """ONNX Runtime on a CPU when the settings say ``forward: onnxruntime`` (from ``onnx_file``, the archive's
     export); PyTorch otherwise, and always on a GPU."""
+    precision = resolve_precision(settings, device)
     if device.type != "cpu" or settings.forward == "torch":
         if onnx_file is not None and device.type == "cpu":
             raise ValueError(f"an ONNX export ({onnx_file}) was given, but the settings say forward: torch")
-        return TorchRuntime(model, device)
+        return TorchRuntime(model, device, precision)
     if onnx_file is None:
         raise ValueError("forward: onnxruntime needs the ONNX export of the weights (onnx_file; `make mar` "
                          "packs it into the archive)")
@@ -66,6 +106,7 @@ class OnnxRuntimeForward:
     """
 
     name = "onnxruntime"
+    compute = "cpu/fp32"
 
     def __init__(self, model: DeepfakeDetector, onnx_file: str | Path, threads: int, tolerance: float = 1e-4) -> None:
         import onnxruntime

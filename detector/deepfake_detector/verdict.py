@@ -27,6 +27,8 @@ AGGREGATIONS = ("mean", "max", "median")
 BOX_DECIMALS = 1
 """Face boxes are reported in pixels to one decimal: finer would only report MTCNN's noise."""
 DETECTION_DECIMALS = 4
+DEFAULT_COMPUTE = "cpu/fp32"
+"""``device/precision`` of the network's forward pass when nothing else is said."""
 
 
 class VerdictError(ValueError):
@@ -159,15 +161,19 @@ class MediaInfo:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Which model answered: name and version as served, the backbone, and whether the weights are trained."""
+    """Which model answered: name and version as served, the backbone, whether the weights are trained, and
+    where and in which precision the network ran (``device/precision``: ``cpu/fp32``, ``cuda/fp16``, ...),
+    which says how closely the answer can match one computed elsewhere (the golden tolerances)."""
 
     name: str
     version: str
     backbone: str
     trained: bool
+    compute: str = DEFAULT_COMPUTE
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "backbone": self.backbone, "trained": self.trained}
+        return {"name": self.name, "version": self.version, "backbone": self.backbone, "trained": self.trained,
+                "compute": self.compute}
 
 
 @dataclass(frozen=True)
@@ -334,9 +340,13 @@ def _parse_media(data: Mapping[str, Any], kind: MediaKind | None, problems: list
 def _parse_model(data: Mapping[str, Any], problems: list[str]) -> ModelInfo | None:
     types = {"name": str, "version": str, "backbone": str, "trained": bool}
     wrong = [key for key, expected in types.items() if not isinstance(data.get(key), expected)]
+    # Answers recorded before the field existed were computed on a CPU in fp32.
+    compute = data.get("compute", DEFAULT_COMPUTE)
+    if not (isinstance(compute, str) and compute.count("/") == 1):
+        wrong.append("compute")
     for key in wrong:
         problems.append(f"model.{key} is missing or has the wrong type")
-    return None if wrong else ModelInfo(data["name"], data["version"], data["backbone"], data["trained"])
+    return None if wrong else ModelInfo(data["name"], data["version"], data["backbone"], data["trained"], compute)
 
 
 def _parse_faces(data: Any, where: str, problems: list[str]) -> tuple[FaceScore, ...] | None:

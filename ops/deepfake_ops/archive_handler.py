@@ -37,6 +37,7 @@ class ArchiveContext:
         self.metrics = None  # no metrics outside a server
         self.statuses: dict[int, int] = {}
         self.content_types: dict[int, str] = {}
+        self.headers: dict[int, dict[str, str]] = {}
 
     def get_request_id(self, idx: int = 0) -> str | None:
         return None
@@ -46,6 +47,9 @@ class ArchiveContext:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.content_types[idx] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.headers.setdefault(idx, {})[key] = value
 
 
 def load_handler_class(model_dir: Path, module_name: str = "archive_torchserve_handler") -> type:

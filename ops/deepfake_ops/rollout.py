@@ -28,7 +28,7 @@ from typing import Any
 from deepfake_detector.archive import DEFAULT_MODEL_NAME, Archive, ArchiveError, archive_path
 from deepfake_detector.verdict import Verdict, VerdictError
 
-from .golden import Tolerances, compare_response, request_body
+from .golden import Tolerances, answer_compute, compare_response, request_body
 from .paths import RUN_DIR
 from .torchserve import Endpoint, ServerError, ServerRefusal, TorchServeClient
 
@@ -248,14 +248,16 @@ class Rollout:
                                f"`deploy {version}` first")
         if not worker_states(entry) or any(state != "READY" for state in worker_states(entry)):
             raise RolloutError(f"{self.name} {version} has workers {worker_states(entry)}, not all READY")
-        tolerances = Tolerances.recorded(golden)
-        results, failures = [], []
+        results, failures, computes = [], [], set()
         for item in golden["requests"]:
             try:
                 body = request_body(item)
             except (FileNotFoundError, ValueError) as error:
                 raise RolloutError(f"cannot verify: {error}") from None
             answer = self.client.predict(self.name, version, body)
+            compute = answer_compute(answer.body)
+            tolerances = Tolerances.recorded(golden, compute)
+            computes.add(f"{compute}: within {tolerances.probability:g}")
             problems = compare_response(item["status"], item["response"], answer.status, answer.body,
                                         tolerances)
             results.append({"name": item["name"], "status": answer.status, "problems": problems,
@@ -273,7 +275,7 @@ class Rollout:
                                f"{len(results)} golden requests ({', '.join(failures)}): the served version "
                                "does not answer as its archive did at build time; do not promote it")
         self.log(f"{self.name} {version} verified: {len(results)} golden requests match (fake probabilities "
-                 f"within {tolerances.probability:g})")
+                 f"{', '.join(sorted(computes))})")
         return results
 
     def promote(self, version: str) -> str | None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from deepfake_detector import DetectionPipeline, PipelineSettings, WeightsMismatchError, build_detector
-from deepfake_detector.faces import FaceDetector, detect_on_cpu
+from deepfake_detector.faces import FaceDetector, detect_batched
 from deepfake_detector.media import decode_media
 
 
@@ -25,7 +25,7 @@ def test_cpu_detection_gives_facenet_pytorchs_boxes(media):
     with torch.inference_mode():
         for batch in batches:
             expected_boxes, expected_probabilities = detector.mtcnn.detect(batch)
-            boxes, probabilities = detect_on_cpu(detector.mtcnn, batch)
+            boxes, probabilities = detect_batched(detector.mtcnn, batch)
             for want, want_p, got, got_p in zip(expected_boxes, expected_probabilities, boxes, probabilities,
                                                 strict=True):
                 if want is None:

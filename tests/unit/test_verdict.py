@@ -46,7 +46,8 @@ def test_an_image_verdict_serialises_as_the_readme_documents() -> None:
     assert verdict.to_json() == {
         "label": "FAKE", "confidence": 0.83, "fake_probability": 0.83, "threshold": 0.5, "face_detected": True,
         "media": {"type": "image", "format": "jpeg", "width": 512, "height": 600},
-        "model": {"name": "deepfake_detector", "version": "1.0", "backbone": "efficientnet_b4", "trained": False},
+        "model": {"name": "deepfake_detector", "version": "1.0", "backbone": "efficientnet_b4", "trained": False,
+                  "compute": "cpu/fp32"},
         "faces": [{"box": [170.3, 109.8, 354.0, 327.8], "detection_probability": 1.0, "fake_probability": 0.83},
                   {"box": [10.0, 10.0, 40.0, 40.0], "detection_probability": 0.95, "fake_probability": 0.2}],
     }
