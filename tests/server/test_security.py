@@ -149,7 +149,7 @@ def test_only_archives_inside_the_model_store_can_be_registered(
 @pytest.mark.server
 def test_healthcheck_renews_expiring_keys_and_pings(guarded: TorchServeInstance) -> None:
     """The container's probe, run as the container runs it (scripts/healthcheck.py, standard library only):
-    /ping needs the inference key, which expires; the check renews it first."""
+    /ping needs the inference key, which expires; the check renews it first, then asks for READY workers."""
     def probe(renew_before_min: float) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, str(REPO / "scripts" / "healthcheck.py"), "--key-file", str(guarded.key_file),
@@ -159,7 +159,7 @@ def test_healthcheck_renews_expiring_keys_and_pings(guarded: TorchServeInstance)
 
     before = guarded.keys()
     fresh = probe(0)
-    assert fresh.returncode == 0 and "ping: 200" in fresh.stdout, fresh.stdout + fresh.stderr
+    assert fresh.returncode == 0 and "READY" in fresh.stdout, fresh.stdout + fresh.stderr
     assert guarded.keys()["inference"] == before["inference"], "a fresh key must not be renewed"
     renewed = probe(24 * 60)
     after = guarded.keys()

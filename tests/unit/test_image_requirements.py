@@ -1,0 +1,52 @@
+"""The image's pinned requirements resolve for the Python and platform of the Dockerfile's base.
+
+``pip install --dry-run`` with the base's Python version, its glibc's manylinux tags and wheels only: what
+``pip install`` in the Dockerfile would do, short of downloading. TorchServe's own 0.12.0 images ship Python
+3.9; the same pins must fail there, which shows that the check can fail at all.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from deepfake_ops.paths import REPO
+
+from tests.support.image import Dockerfile
+
+REQUIREMENTS = REPO / "requirements-serving.txt"
+TORCHSERVE_IMAGE_PYTHON = "3.9"
+"""pytorch/torchserve:0.12.0-cpu and -gpu (pytorch/serve v0.12.0, docker/Dockerfile's PYTHON_VERSION)."""
+
+
+def resolve(python_version: str, glibc: tuple[int, int], report: Path) -> subprocess.CompletedProcess[str]:
+    major, minor = glibc
+    platforms = [f"manylinux_{major}_{m}_x86_64" for m in range(17, minor + 1)] + ["manylinux2014_x86_64"]
+    command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+               "--only-binary", ":all:", "--python-version", python_version, "--implementation", "cp",
+               "--target", str(report.parent / "target"), "--report", str(report), "-r", str(REQUIREMENTS)]
+    for platform in platforms:
+        command += ["--platform", platform]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def test_the_serving_requirements_resolve_for_the_image_python(tmp_path: Path) -> None:
+    dockerfile = Dockerfile.read()
+    resolved = resolve(dockerfile.python_version, dockerfile.glibc, tmp_path / "report.json")
+    assert resolved.returncode == 0, resolved.stderr[-3000:]
+    installed = {item["metadata"]["name"].lower(): item["metadata"]["version"]
+                 for item in json.loads((tmp_path / "report.json").read_text())["install"]}
+    pinned = dict(line.split("==") for line in REQUIREMENTS.read_text().splitlines()
+                  if "==" in line and not line.startswith("#"))
+    print(f"\n{dockerfile.base}: {len(installed)} wheels, e.g. torch {installed.get('torch')}")
+    for name, version in pinned.items():
+        assert installed.get(name.lower()) == version, (name, installed.get(name.lower()))
+
+
+def test_the_same_pins_fail_on_torchserve_s_own_image_python(tmp_path: Path) -> None:
+    resolved = resolve(TORCHSERVE_IMAGE_PYTHON, (2, 31), tmp_path / "report.json")
+    print(f"\nPython {TORCHSERVE_IMAGE_PYTHON}: {resolved.stderr.strip().splitlines()[-1] if resolved.stderr else ''}")
+    assert resolved.returncode != 0
+    assert "ResolutionImpossible" in resolved.stderr or "No matching distribution" in resolved.stderr
