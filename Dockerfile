@@ -21,11 +21,9 @@ COPY requirements-serving.txt /tmp/requirements-serving.txt
 RUN python -m pip install --no-cache-dir -r /tmp/requirements-serving.txt \
     && rm /tmp/requirements-serving.txt
 
+# The rest of the environment (LOAD_MODELS, ports, paths under var/) has its defaults in entrypoint.sh.
 ENV APP_HOME=/srv/deepfake \
-    LOAD_MODELS=deepfake_detector-1.0.mar \
-    DEEPFAKE_BIND_ADDRESS=0.0.0.0 \
-    HF_HUB_OFFLINE=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    DEEPFAKE_BIND_ADDRESS=0.0.0.0
 COPY deploy/image/ /srv/deepfake/bin/
 COPY scripts/healthcheck.py /srv/deepfake/bin/healthcheck.py
 COPY config/ /srv/deepfake/config/
@@ -43,11 +41,10 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
 
 ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/srv/deepfake/bin/entrypoint.sh"]
 
-# The GPU variant asks the NVIDIA container runtime for the container's GPUs (Kubernetes' device plugin
-# narrows them to the pod's nvidia.com/gpu); TorchServe spreads the workers over what it sees.
+# The GPU variant: which GPUs it sees is the runtime's choice (`docker run --gpus`, or the pod's nvidia.com/gpu
+# through the device plugin), never every GPU of the node; TorchServe spreads the workers over what it sees.
 FROM base AS gpu
-ENV NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # The CPU variant, the default target (last stage). It carries the same CUDA libraries, unused.
 FROM base AS cpu

@@ -31,7 +31,7 @@ java:  ## Make sure Java 11+ is on PATH (TorchServe's frontend), installing it w
 tini:  ## Make sure tini (the image's PID 1) is on PATH for the image tests, installing it with apt-get if needed
 	@command -v tini >/dev/null || { command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq tini) || \
-		{ echo "the image tests run the image's entrypoint under tini: install tini"; exit 1; }; }
+		echo "warning: no tini (apt-get install tini): tests/server/test_image.py will be skipped"; }
 
 mar: install  ## Build model_store/$(NAME)-$(VERSION).mar (WEIGHTS=file.safetensors, default: untrained seeded)
 	$(PY) -m deepfake_ops.build_mar --name $(NAME) --version $(VERSION) $(if $(WEIGHTS),--weights $(WEIGHTS))
@@ -65,7 +65,7 @@ lint: install  ## ruff
 clean:  ## Remove built archives, run folders and caches (keeps .venv)
 	rm -rf model_store/*.mar .run reports .pytest_cache
 
-.PHONY: loadtest benchmark load-media
+.PHONY: loadtest benchmark load-media soak
 LOADTEST_USERS ?= 4
 LOADTEST_TIME ?= 60s
 LOADTEST_CLASS ?= MixedUser
@@ -76,6 +76,10 @@ load-media: install  ## Make the load-test media (480p/1080p/4K photos, 720p cli
 loadtest: install $(MAR)  ## Headless Locust run (LOADTEST_CLASS/USERS/TIME): CSV, HTML and PNG under reports/loadtest, one summary line
 	$(PY) -m deepfake_ops.loadtest --user-class $(LOADTEST_CLASS) --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
 		--model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
+
+SOAK_MINUTES ?= 12
+soak: install $(MAR)  ## Memory soak (SOAK_MINUTES, mixed heavy traffic on a private server): each worker's RSS after warm-up and at the end
+	$(PY) -m deepfake_ops.soak --minutes $(SOAK_MINUTES)
 
 benchmark: install  ## In-process vs served throughput, stage by stage; table and JSON under reports/ (BENCH_ARGS=--quick)
 	$(PY) -m deepfake_ops.benchmark $(BENCH_ARGS)

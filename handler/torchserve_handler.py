@@ -2,7 +2,8 @@
 
 It reads the archive (weights, ``model-config.yaml``'s ``handler:`` section, the archive manifest),
 pulls each request's raw bytes out of TorchServe's request dicts, runs the pipeline on the whole batch
-and gives every request its own status: 200 with a verdict, or a 4xx with ``{"error", "detail"}``.
+and gives every request its own status: 200 with a verdict, or an error status with ``{"error", "detail",
+"retryable"}`` (4xx for the request's own fault, 503 with ``Retry-After`` for a worker's passing shortage).
 Each batch also feeds the Prometheus metrics declared in ``config/metrics.yaml`` and appends one line
 per request to the audit log (``deepfake_detector.audit``).
 """
@@ -29,6 +30,7 @@ from deepfake_detector.config import PipelineSettings  # noqa: E402
 from deepfake_detector.cpu_tuning import keep_freed_memory, threads_per_worker, use_cpu_threads  # noqa: E402
 from deepfake_detector.drift import VerdictWindow, window_size  # noqa: E402
 from deepfake_detector.errors import InputError, RequestError  # noqa: E402
+from deepfake_detector.media import check_video_temp_dir  # noqa: E402
 from deepfake_detector.pipeline import DetectionPipeline  # noqa: E402
 from deepfake_detector.verdict import Verdict  # noqa: E402
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError  # noqa: E402
@@ -38,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 _UNDECLARED: set[str] = set()
 _STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
-                   422: "Unprocessable Entity", 503: "Service Unavailable"}
+                   422: "Unprocessable Entity", 500: "Internal Server Error", 503: "Service Unavailable"}
 _RETRY_AFTER_S = "1"  # seconds, on a retryable error: a full temp area drains as the batches in flight finish
 
 
@@ -69,6 +71,7 @@ class DeepfakeDetectorHandler:
             logger.warning("no %s in the archive: weights integrity not checked", archive.MANIFEST_FILE)
 
         device = select_device(properties.get("gpu_id"))
+        video_temp = check_video_temp_dir()
         # On a GPU too: decoding, resizing and the crops run on the CPU, in these threads.
         use_cpu_threads(settings.cpu_threads or threads_per_worker(serving_config.get("minWorkers", 1)))
         kept = keep_freed_memory(settings.keep_freed_mb)
@@ -80,6 +83,7 @@ class DeepfakeDetectorHandler:
         self.audit = AuditLog(AuditSettings.from_environment())
         if self.audit.enabled:
             logger.info("audit log: %s", self.audit.settings.path)
+        logger.info("video temp folder: %s", video_temp)
         info = self.pipeline.model_info
         logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s %s, freed memory kept: %s, "
                     "warm-up %.2f s)", info.name, version, device, torch.get_num_threads(),

@@ -2,7 +2,7 @@
 # The container's command, run by tini (PID 1, `tini -g`: a SIGTERM reaches this whole process group, so
 # the frontend and every worker stop together). It lays out the writable folders under $APP_HOME/var,
 # renders TorchServe's config from the repository's template, and becomes TorchServe in the foreground.
-# Every variable below has a default; the Dockerfile sets the container's.
+# The settings below have defaults here (the Dockerfile sets the container's); the paths under var/ are fixed.
 set -eu
 : "${APP_HOME:=/srv/deepfake}"
 : "${LOAD_MODELS:=deepfake_detector-1.0.mar}"
@@ -23,12 +23,15 @@ export LOG_LOCATION="$var/logs" METRICS_LOCATION="$var/logs"
 export DEEPFAKE_AUDIT_LOG="${DEEPFAKE_AUDIT_LOG:-$var/logs/audit.log}"
 # Request videos are written here for the decoder: the manifest mounts a memory volume with a size limit.
 export DEEPFAKE_VIDEO_TMPDIR="${DEEPFAKE_VIDEO_TMPDIR:-$var/video-tmp}"
+# Nothing is fetched from a model hub, and nothing is written beside the code.
 export HF_HUB_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
 mkdir -p "$HOME" "$TEMP" "$LOG_LOCATION" "$DEEPFAKE_VIDEO_TMPDIR" "$var/run"
 
-sed -e "s#@MODEL_STORE@#$MODEL_STORE#g" \
-    -e "s#@LOAD_MODELS@#$LOAD_MODELS#g" \
-    -e "s#@METRICS_CONFIG@#$APP_HOME/config/metrics.yaml#g" \
+# A value in a sed replacement: its \, & and the # delimiter escaped.
+literal() { printf '%s' "$1" | sed -e 's/[\\&#]/\\&/g'; }
+sed -e "s#@MODEL_STORE@#$(literal "$MODEL_STORE")#g" \
+    -e "s#@LOAD_MODELS@#$(literal "$LOAD_MODELS")#g" \
+    -e "s#@METRICS_CONFIG@#$(literal "$APP_HOME/config/metrics.yaml")#g" \
     -e "s#^inference_address=.*#inference_address=http://$DEEPFAKE_BIND_ADDRESS:$DEEPFAKE_INFERENCE_PORT#" \
     -e "s#^management_address=.*#management_address=http://127.0.0.1:$DEEPFAKE_MANAGEMENT_PORT#" \
     -e "s#^metrics_address=.*#metrics_address=http://$DEEPFAKE_BIND_ADDRESS:$DEEPFAKE_METRICS_PORT#" \

@@ -100,6 +100,13 @@ class FaceDetector:
         """(width, height) of the copy that MTCNN sees."""
         return detection_size(width, height, self.settings.detect_max_side)
 
+    def warm_up(self) -> None:
+        """Each of the three networks once: a blank frame gives the first no candidate for the other two."""
+        self.detect([np.full((480, 640, 3), 128, dtype=np.uint8)])
+        with torch.inference_mode():
+            for network, size in ((self.mtcnn.rnet, 24), (self.mtcnn.onet, 48)):
+                network(_network_input(torch.zeros(2, 3, size, size, device=self.device)))
+
     def min_face_size(self, width: int, height: int) -> int:
         """Smallest face searched for in a detection copy of this size, in its pixels."""
         relative = round(self.settings.min_face_fraction * min(width, height))
@@ -116,7 +123,7 @@ class FaceDetector:
             batch = np.stack([shrink(frames[p], small_w, small_h) for p in positions])
             self.mtcnn.min_face_size = self.min_face_size(small_w, small_h)
             with torch.inference_mode():
-                boxes, probabilities = detect_batched(self.mtcnn, batch, self.device)
+                boxes, probabilities = detect_batched(self.mtcnn, batch)
             for position, frame_boxes, frame_probs in zip(positions, boxes, probabilities):
                 height, width = frames[position].shape[:2]
                 found[position] = select_faces(frame_boxes, frame_probs, (width / small_w, height / small_h),
@@ -147,10 +154,8 @@ def select_faces(
     return faces[: settings.max_faces_per_frame]
 
 
-def detect_batched(
-    mtcnn: MTCNN, batch: np.ndarray, device: str | torch.device = "cpu",
-) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
-    """MTCNN's three stages on a batch of same-sized uint8 RGB frames, on ``device`` (MTCNN's own).
+def detect_batched(mtcnn: MTCNN, batch: np.ndarray) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """MTCNN's three stages on a batch of same-sized uint8 RGB frames, on the device MTCNN is on.
 
     The networks, thresholds, pyramid, resampling (area) and box arithmetic are facenet-pytorch's, so the
     boxes are the same as ``MTCNN.detect``'s. What differs is the arrangement: the networks run in
@@ -159,7 +164,7 @@ def detect_batched(
     matters most on a GPU, where facenet-pytorch's loop launches a few kernels per window.
     Returns, per frame, an (N, 4) box array and N probabilities, or None and None when nothing was found.
     """
-    images = torch.from_numpy(np.require(batch, requirements="W")).to(device).permute(0, 3, 1, 2).float()
+    images = torch.from_numpy(np.require(batch, requirements="W")).to(mtcnn.device).permute(0, 3, 1, 2).float()
     count, _, height, width = images.shape
     thresholds = mtcnn.thresholds
     scale = 12.0 / mtcnn.min_face_size

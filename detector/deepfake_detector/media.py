@@ -29,7 +29,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .config import PipelineSettings
-from .errors import InputError, TemporaryError
+from .errors import InputError, RequestError, TemporaryError
 from .verdict import MediaKind
 
 SizeCheck = Callable[[int, int, str], None]
@@ -198,6 +198,19 @@ def video_temp_dir() -> str | None:
     return None
 
 
+def check_video_temp_dir() -> str:
+    """The folder :func:`video_temp_dir` names, checked writable now: a worker without one refuses to load
+    with the reason, rather than answer every video with an error."""
+    folder = video_temp_dir() or tempfile.gettempdir()
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix="check-"):
+            pass
+    except OSError as error:
+        raise RuntimeError(f"the video temp folder {folder} is not writable ({error.strerror or error}): set "
+                           f"{VIDEO_TMPDIR_ENV} to a writable folder") from error
+    return folder
+
+
 def decode_video(body: bytes, fmt: str, settings: PipelineSettings, check_size: SizeCheck | None = None
                  ) -> DecodedMedia:
     """Sample every ``frame_stride``-th frame, at most ``max_frames`` of them, as RGB arrays."""
@@ -240,7 +253,8 @@ def _temporary_copy(body: bytes, fmt: str) -> Iterator[Any]:
         yield temp
 
 
-def _temp_area_error(error: OSError, folder: str | None, size: int) -> TemporaryError:
+def _temp_area_error(error: OSError, folder: str | None, size: int) -> RequestError:
+    """A full area is passing (retryable 503); any other failure is the worker's fault and lasts (500)."""
     where = folder or tempfile.gettempdir()
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return TemporaryError(
@@ -248,8 +262,8 @@ def _temp_area_error(error: OSError, folder: str | None, size: int) -> Temporary
             f"the video temp area ({where}) has no room for this {size}-byte video now; retry shortly "
             "(space frees as the videos being decoded finish)",
         )
-    return TemporaryError("temp_unavailable", f"the video could not be written to the temp area ({where}): "
-                          f"{error.strerror or error}")
+    return RequestError("temp_unavailable", f"the video could not be written to the temp area ({where}): "
+                        f"{error.strerror or error}", 500)
 
 
 def _sample_frames(capture: cv2.VideoCapture, stride: int, max_frames: int) -> tuple[list[np.ndarray], list[int]]:

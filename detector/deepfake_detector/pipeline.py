@@ -159,7 +159,7 @@ class DetectionPipeline:
         the classification runs on a full chunk, the largest forward the worker will see.
         """
         started = time.perf_counter()
-        self.face_detector.detect([np.full((480, 640, 3), 128, dtype=np.uint8)])
+        self.face_detector.warm_up()
         crops = self.settings.max_crops_per_forward if self.device.type == "cuda" else 1
         size = self.config.input_size
         self.classify(np.zeros((crops, size, size, 3), dtype=np.uint8))

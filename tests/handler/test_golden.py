@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from deepfake_detector.archive import WEIGHTS_FILE, Archive
-from deepfake_ops.golden import GOLDEN_INPUTS, PROBABILITY_TOLERANCE, Tolerances, compare_response, sha256_bytes
+from deepfake_ops.golden import (
+    COMPUTE_TOLERANCES,
+    GOLDEN_FORMAT,
+    GOLDEN_INPUTS,
+    PROBABILITY_TOLERANCE,
+    Tolerances,
+    answer_compute,
+    compare_response,
+    sha256_bytes,
+)
 
 from tests.support import MODEL_NAME, image_verdict
 from tests.support.archives import run_command
@@ -96,4 +105,24 @@ def test_a_label_may_flip_only_at_the_threshold_and_recorded_tolerances_apply() 
     moved["faces"][0]["box"][0] += 1.0
     assert compare_response(200, image_verdict(0.6).to_json(), 200, moved) != []
     assert compare_response(200, image_verdict(0.6).to_json(), 200, moved, Tolerances(box_px=2.0)) == []
-    assert Tolerances.recorded({"tolerances": {"box_px": 2.0}}) == Tolerances(box_px=2.0)
+    assert Tolerances.recorded({"format": 1, "tolerances": {"box_px": 2.0}}) == Tolerances(box_px=2.0)
+
+
+def test_each_answer_is_held_to_the_tolerance_of_its_compute() -> None:
+    """A GPU answer in fp16 meets its own recorded tolerance, not fp32's 1e-4; where it ran is not a
+    mismatch, but any other change of the model block is; archives of the first format keep their flat set."""
+    recorded = image_verdict(0.6).to_json()
+    live = image_verdict(0.605).to_json()
+    live["model"]["compute"] = "cuda/fp16"
+    golden = {"format": GOLDEN_FORMAT, "tolerances": {compute: tolerances.to_json()
+                                                      for compute, tolerances in COMPUTE_TOLERANCES.items()}}
+    assert answer_compute(live) == "cuda/fp16" and answer_compute(recorded) == "cpu/fp32"
+    assert compare_response(200, recorded, 200, live, Tolerances.recorded(golden, "cpu/fp32")) != []
+    assert compare_response(200, recorded, 200, live, Tolerances.recorded(golden, answer_compute(live))) == []
+    for key, value in (("name", "other"), ("backbone", "efficientnet_b0"), ("trained", True)):
+        changed = {**live, "model": {**live["model"], key: value}}
+        problems = compare_response(200, recorded, 200, changed, Tolerances.recorded(golden, "cuda/fp16"))
+        assert any(problem.startswith("model") for problem in problems), key
+    first_format = {"format": 1, "tolerances": {"probability": 2e-4}}
+    assert Tolerances.recorded(first_format, "cpu/fp32") == Tolerances(probability=2e-4)
+    assert Tolerances.recorded(first_format, "cuda/fp16") == COMPUTE_TOLERANCES["cuda/fp16"]

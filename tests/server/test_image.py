@@ -33,7 +33,7 @@ from deepfake_detector.verdict import Verdict
 from deepfake_ops.torchserve import free_port
 
 from tests.support import MODEL_NAME, OCTET, Media
-from tests.support.image import Dockerfile, remap, stage
+from tests.support.image import Dockerfile, remap, remove_user, stage
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="creating the image's user and running as it needs root"),
@@ -153,15 +153,19 @@ def staged(model_store: Path) -> Iterator[Path]:
     top = Path(tempfile.mkdtemp(prefix="deepfake-image-"))
     top.chmod(0o755)
     root = top / "srv-deepfake"
-    stage(DOCKERFILE, root, [archive_path(model_store, MODEL_NAME, "1.0")])
+    created_user = stage(DOCKERFILE, root, [archive_path(model_store, MODEL_NAME, "1.0")])
     python = image_python(top) / "python"
     reachable = subprocess.run([str(python), "-c", "import deepfake_detector, ts"], capture_output=True,
                                text=True, **as_image_user())
     if reachable.returncode != 0:
         shutil.rmtree(top)
+        if created_user:
+            remove_user(DOCKERFILE.user)
         pytest.skip(f"uid {DOCKERFILE.user} cannot read this checkout's packages: {reachable.stderr[-300:]}")
     yield root
     shutil.rmtree(top, ignore_errors=True)
+    if created_user:
+        remove_user(DOCKERFILE.user)
 
 
 @pytest.fixture(scope="module")

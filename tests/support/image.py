@@ -119,9 +119,9 @@ def remap(value: str, root: Path) -> str:
     return value.replace(IMAGE_ROOT, str(root))
 
 
-def stage(dockerfile: Dockerfile, root: Path, archives: list[Path]) -> None:
-    """Lay out the image's ``/srv/deepfake`` under ``root`` as its COPY and RUN steps do, with ``archives`` as
-    the baked-in model store (a clean checkout has none), then run the build's root-only steps there."""
+def stage_files(dockerfile: Dockerfile, root: Path, archives: list[Path]) -> None:
+    """Lay out the image's ``/srv/deepfake`` under ``root`` as its COPY steps do, with ``archives`` as the
+    baked-in model store (a clean checkout has none)."""
     for sources, target in dockerfile.copies():
         if not target.startswith(IMAGE_ROOT):
             continue  # /tmp/requirements-serving.txt: what make install already installed
@@ -137,6 +137,51 @@ def stage(dockerfile: Dockerfile, root: Path, archives: list[Path]) -> None:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / source, destination)
     root.chmod(0o755)
+
+
+def stage(dockerfile: Dockerfile, root: Path, archives: list[Path]) -> bool:
+    """:func:`stage_files`, then the build's root-only layout steps (the image's user, its folder). Returns
+    whether the user was created here (and is the caller's to remove)."""
+    stage_files(dockerfile, root, archives)
+    existed = subprocess.run(["getent", "passwd", str(dockerfile.user)], capture_output=True).returncode == 0
     for command in dockerfile.values("RUN"):
         if IMAGE_ROOT in command:  # the layout steps; the package installs are make install's
             subprocess.run(["sh", "-c", remap(command, root)], check=True, env={**os.environ, "APP_HOME": str(root)})
+    return not existed
+
+
+def remove_user(uid: int) -> None:
+    name = subprocess.run(["getent", "passwd", str(uid)], capture_output=True, text=True).stdout.split(":")[0]
+    if name:
+        subprocess.run(["userdel", name], check=True)
+
+
+@dataclass
+class EntrypointRun:
+    """What the entrypoint would start TorchServe with: its environment, arguments, folder and config."""
+
+    env: dict[str, str]
+    arguments: list[str]
+    cwd: str
+    config: dict[str, str]
+
+
+def dry_run_entrypoint(dockerfile: Dockerfile, root: Path, **overrides: str) -> EntrypointRun:
+    """The image's entrypoint script with its ENV (``/srv/deepfake`` at ``root``), a stand-in ``torchserve``
+    first on PATH that records how it was started and exits: the start-up, without TorchServe."""
+    record = root.parent / "torchserve-call"
+    stand_in = root.parent / "stand-in"
+    stand_in.mkdir(exist_ok=True)
+    (stand_in / "torchserve").write_text(
+        f'#!/bin/sh\nenv > "{record}.env"\npwd > "{record}.cwd"\nprintf "%s\\n" "$@" > "{record}.args"\n')
+    (stand_in / "torchserve").chmod(0o755)
+    env = {key: remap(value, root) for key, value in dockerfile.env().items()}
+    env |= {"PATH": f"{stand_in}{os.pathsep}/usr/bin:/bin"} | overrides
+    script = next(remap(word, root) for word in dockerfile.entrypoint if word.endswith("entrypoint.sh"))
+    subprocess.run([script], env=env, check=True, capture_output=True, timeout=60)
+    recorded_env = dict(line.split("=", 1) for line in Path(f"{record}.env").read_text().splitlines() if "=" in line)
+    arguments = Path(f"{record}.args").read_text().splitlines()
+    config_file = Path(arguments[arguments.index("--ts-config") + 1])
+    config = dict(line.split("=", 1) for line in config_file.read_text().splitlines()
+                  if "=" in line and not line.startswith("#"))
+    return EntrypointRun(recorded_env, arguments, Path(f"{record}.cwd").read_text().strip(), config)

@@ -32,7 +32,8 @@ def resolve(python_version: str, glibc: tuple[int, int], report: Path) -> subpro
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
-def test_the_serving_requirements_resolve_for_the_image_python(tmp_path: Path) -> None:
+def test_the_serving_requirements_resolve_for_the_image_python_and_not_for_torchserve_s(tmp_path: Path) -> None:
+    """One command, two Pythons: the only difference is the version, so the failure on 3.9 is the version's."""
     dockerfile = Dockerfile.read()
     resolved = resolve(dockerfile.python_version, dockerfile.glibc, tmp_path / "report.json")
     assert resolved.returncode == 0, resolved.stderr[-3000:]
@@ -44,9 +45,6 @@ def test_the_serving_requirements_resolve_for_the_image_python(tmp_path: Path) -
     for name, version in pinned.items():
         assert installed.get(name.lower()) == version, (name, installed.get(name.lower()))
 
-
-def test_the_same_pins_fail_on_torchserve_s_own_image_python(tmp_path: Path) -> None:
-    resolved = resolve(TORCHSERVE_IMAGE_PYTHON, (2, 31), tmp_path / "report.json")
-    print(f"\nPython {TORCHSERVE_IMAGE_PYTHON}: {resolved.stderr.strip().splitlines()[-1] if resolved.stderr else ''}")
-    assert resolved.returncode != 0
-    assert "ResolutionImpossible" in resolved.stderr or "No matching distribution" in resolved.stderr
+    old = resolve(TORCHSERVE_IMAGE_PYTHON, dockerfile.glibc, tmp_path / "old" / "report.json")
+    print(f"Python {TORCHSERVE_IMAGE_PYTHON}: {old.stderr.strip().splitlines()[-1] if old.stderr else ''}")
+    assert old.returncode != 0 and "ResolutionImpossible" in old.stderr

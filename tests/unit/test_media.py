@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from deepfake_detector import InputError, PipelineSettings
 from deepfake_detector import media as media_module
-from deepfake_detector.media import decode_media, sniff_format
+from deepfake_detector.media import VIDEO_TMPDIR_ENV, check_video_temp_dir, decode_media, sniff_format
 from PIL import Image, ImageOps
 
 from tests.support.media import image_bytes, load_rgb, png_header_only, read_video_frames, video_bytes
@@ -227,3 +227,12 @@ def test_jpegs_decode_to_pillows_exact_pixels_in_every_exif_orientation(media, o
 def test_every_kind_of_jpeg_decodes_to_pillows_exact_pixels(astronaut, mode, options):
     body = image_bytes(astronaut, "JPEG", mode, quality=90, **options)
     np.testing.assert_array_equal(decode_media(body, SETTINGS).frames[0], pillow_rgb(body))
+
+
+def test_a_video_temp_folder_that_cannot_be_written_is_refused_up_front(tmp_path, monkeypatch) -> None:
+    """Checked when a worker loads: a missing or read-only folder would fail every video, for good."""
+    monkeypatch.setenv(VIDEO_TMPDIR_ENV, str(tmp_path / "missing"))
+    with pytest.raises(RuntimeError, match="not writable"):
+        check_video_temp_dir()
+    monkeypatch.setenv(VIDEO_TMPDIR_ENV, str(tmp_path))
+    assert check_video_temp_dir() == str(tmp_path) and list(tmp_path.iterdir()) == []

@@ -12,6 +12,8 @@ import yaml
 from deepfake_ops.paths import REPO
 from deepfake_ops.torchserve import CONFIG_TEMPLATE
 
+from tests.support.image import IMAGE_ROOT, Dockerfile, dry_run_entrypoint, stage_files
+
 
 def test_listeners_are_on_loopback_in_the_shipped_config() -> None:
     properties = dict(
@@ -64,3 +66,26 @@ def test_dockerfile_and_manifests_pass_their_linters() -> None:
     print(validated.stdout.strip())
     assert validated.returncode == 0, validated.stdout + validated.stderr
     assert validated.stdout.count("passed") >= 4  # Deployment, Service, HorizontalPodAutoscaler, PDB
+
+
+def test_the_manifest_gives_the_image_what_it_writes_to(tmp_path: Path) -> None:
+    """The pod probes with the image's own health check, mounts a volume over the one folder the image writes
+    (its root filesystem read-only), and a size-limited memory volume where the entrypoint puts videos."""
+    image = Dockerfile.read()
+    (deployment,) = [document for document in yaml.safe_load_all((REPO / "deploy" / "deepfake-detector.yaml")
+                                                                  .read_text())
+                     if document and document.get("kind") == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["exec"]["command"] == image.healthcheck, probe
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["mountPath"]: volumes[mount["name"]] for mount in container["volumeMounts"]}
+    assert f"{IMAGE_ROOT}/var" in mounts
+    root = tmp_path / "srv-deepfake"
+    stage_files(image, root, [])
+    video_folder = dry_run_entrypoint(image, root).env["DEEPFAKE_VIDEO_TMPDIR"].replace(str(root), IMAGE_ROOT)
+    video_tmp = mounts[video_folder]["emptyDir"]
+    assert video_tmp["medium"] == "Memory" and video_tmp["sizeLimit"]
+    assert container["resources"]["limits"]["cpu"] == container["resources"]["requests"]["cpu"]

@@ -83,6 +83,12 @@ def test_json_round_trips_to_the_same_verdict() -> None:
         assert json.dumps(Verdict.from_json(json.loads(text)).to_json()) == text
 
 
+def test_an_answer_recorded_before_compute_existed_was_computed_on_a_cpu_in_fp32() -> None:
+    data = video([0.2, 0.8, 0.5]).to_json()
+    del data["model"]["compute"]
+    assert Verdict.from_json(data).model.compute == "cpu/fp32"
+
+
 def test_validation_names_each_broken_rule() -> None:
     good = video([0.2, 0.8, 0.5]).to_json()
     assert verdict_problems(good, "video") == []
@@ -106,6 +112,7 @@ def test_validation_names_each_broken_rule() -> None:
     assert any("box" in p for p in broken(frames__1__faces__0__box=[50, 2, 1, 60]))
     assert any("aggregation" in p for p in broken(aggregation="mode"))
     assert any("model.trained" in p for p in broken(model__trained="no"))
+    assert any("model.compute" in p for p in broken(model__compute="gpu"))
     with pytest.raises(VerdictError) as raised:
         Verdict.from_json({"error": "corrupt_media", "detail": "truncated"})
     assert len(raised.value.problems) >= 5
