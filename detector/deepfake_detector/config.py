@@ -144,9 +144,12 @@ class PipelineSettings:
     CPUs the container may use (its CPU quota, else the cores it may run on) among the workers."""
     keep_freed_mb: int = 0
     """glibc: buffers below this many MB come from the heap, and up to this much freed memory is kept for the
-    next request instead of being faulted in again page by page (``cpu_tuning.keep_freed_memory``); 0: glibc's
-    defaults. A 4K JPEG decodes in 13 ms instead of 21 with 256, but each worker then holds its largest
-    batch's buffers for good (about 0.3 GB more resident after a mixed soak): off by default."""
+    next request instead of being faulted in again page by page (``cpu_tuning.keep_freed_memory``; a 4K JPEG
+    decodes in 13 ms instead of 21); 0: glibc's defaults. Off by default: 256 held 0.4 GB more per worker in
+    the memory soak for no served throughput that stood out of the noise (README, Memory)."""
+    max_resident_mb: int = 0
+    """After a batch, a worker whose resident memory exceeds this many MB hands its freed memory back to the
+    system (``cpu_tuning.ResidentCap``): what ``keep_freed_mb`` keeps stays under this bound at rest. 0: never."""
     max_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     max_video_frames: int = 18_000
