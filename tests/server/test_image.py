@@ -100,11 +100,11 @@ def as_image_user() -> dict[str, object]:
     return {"user": DOCKERFILE.user, "group": 0, "extra_groups": []}
 
 
-def start_image(root: Path, load_models: str, **overrides: str) -> ImageProcess:
-    """The Dockerfile's ENTRYPOINT, with its ENV (and loopback listeners on free ports), as its USER."""
+def start_image(root: Path, **overrides: str) -> ImageProcess:
+    """The Dockerfile's ENTRYPOINT, with its ENV (and loopback listeners on free ports), as its USER; the
+    entrypoint's own defaults for the rest (LOAD_MODELS: the default archive)."""
     env = {key: remap(value, root) for key, value in DOCKERFILE.env().items()}
     env.update({
-        "LOAD_MODELS": load_models,
         **overrides,
         "PATH": f"{root.parent / 'python' / 'bin'}{os.pathsep}/usr/local/bin:/usr/bin:/bin",
         "DEEPFAKE_BIND_ADDRESS": "127.0.0.1",
@@ -170,7 +170,7 @@ def staged(model_store: Path) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def image(staged: Path) -> Iterator[ImageProcess]:
-    started = start_image(staged, DOCKERFILE.env()["LOAD_MODELS"])
+    started = start_image(staged)
     yield started
     started.stop()
 
@@ -222,7 +222,7 @@ def test_the_health_check_fails_while_no_model_is_loaded(staged: Path, tmp_path:
     answers 404."""
     empty_store = staged.parent / "empty-model-store"
     empty_store.mkdir(exist_ok=True)
-    bare = start_image(staged, "", MODEL_STORE=str(empty_store))
+    bare = start_image(staged, LOAD_MODELS="", MODEL_STORE=str(empty_store))
     try:
         deadline = time.monotonic() + 120
         while True:
