@@ -7,8 +7,9 @@
 # driver for CUDA 13.0 (R580 or newer) and the NVIDIA container runtime. The archives in model_store/ are
 # baked in; mount another store over /srv/deepfake/model-store to serve others (LOAD_MODELS names what
 # starts). It runs as uid 10001, never root, and writes only under /srv/deepfake/var.
-# Without a container engine, tests/server/test_image.py checks this file: the requirements resolve for
-# this base's Python, and the entrypoint, environment, user and folders below serve a photo.
+# Without a container engine, the tests read this file: the requirements resolve for this base's Python
+# (tests/unit/test_image_requirements.py), and the entrypoint, environment, user and folders below start
+# TorchServe and serve a photo (tests/unit/test_image_entrypoint.py, tests/server/test_image.py).
 FROM python:3.11-slim-bookworm AS base
 
 # Java 17 for TorchServe's frontend; tini as PID 1, so that SIGTERM stops TorchServe and its workers.
