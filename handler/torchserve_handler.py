@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from deepfake_detector import archive  # noqa: E402
 from deepfake_detector.audit import AuditLog, AuditSettings, audit_record  # noqa: E402
 from deepfake_detector.config import PipelineSettings  # noqa: E402
-from deepfake_detector.cpu_tuning import ResidentCap, keep_freed_memory, threads_per_worker, use_cpu_threads  # noqa: E402
+from deepfake_detector.cpu_tuning import keep_freed_memory, threads_per_worker, use_cpu_threads  # noqa: E402
 from deepfake_detector.drift import VerdictWindow, window_size  # noqa: E402
 from deepfake_detector.errors import InputError, RequestError  # noqa: E402
 from deepfake_detector.media import check_video_temp_dir  # noqa: E402
@@ -50,7 +50,6 @@ class DeepfakeDetectorHandler:
     def __init__(self) -> None:
         self.pipeline: DetectionPipeline | None = None
         self.audit: AuditLog | None = None
-        self.resident_cap = ResidentCap(0)
         self.verdicts = VerdictWindow()
         self.model_name = archive.DEFAULT_MODEL_NAME
         self.version = "unversioned"
@@ -76,7 +75,6 @@ class DeepfakeDetectorHandler:
         # On a GPU too: decoding, resizing and the crops run on the CPU, in these threads.
         use_cpu_threads(settings.cpu_threads or threads_per_worker(serving_config.get("minWorkers", 1)))
         kept = keep_freed_memory(settings.keep_freed_mb)
-        self.resident_cap = ResidentCap(settings.max_resident_mb)
         onnx_file = os.path.join(model_dir, archive.ONNX_FILE) if settings.forward == "onnxruntime" else None
         self.pipeline = DetectionPipeline.from_weights(weights, settings, device=device, version=version,
                                                        onnx_file=onnx_file, model_name=self.model_name)
@@ -88,9 +86,9 @@ class DeepfakeDetectorHandler:
         logger.info("video temp folder: %s", video_temp)
         info = self.pipeline.model_info
         logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s %s, freed memory kept: %s, "
-                    "resident cap: %s, warm-up %.2f s)", info.name, version, device, torch.get_num_threads(),
+                    "warm-up %.2f s)", info.name, version, device, torch.get_num_threads(),
                     self.pipeline.runtime.name, info.compute, f"up to {settings.keep_freed_mb} MB" if kept else "no",
-                    f"{settings.max_resident_mb} MB" if self.resident_cap.active else "none", warm_up_s)
+                    warm_up_s)
         if not info.trained:
             logger.warning(
                 "model %s version %s carries UNTRAINED weights (seeded initialisation): its verdicts are "
@@ -132,7 +130,6 @@ class DeepfakeDetectorHandler:
                     _request_id(context, index), body if isinstance(body, bytes) else None, outcome,
                     self.version, elapsed_ms,
                 ))
-        self.resident_cap.trim()
         return [outcome.to_json() for outcome in outcomes]
 
 

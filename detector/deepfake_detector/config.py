@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .archive import DEFAULT_MODEL_NAME
 from .verdict import AGGREGATIONS
@@ -147,9 +147,6 @@ class PipelineSettings:
     next request instead of being faulted in again page by page (``cpu_tuning.keep_freed_memory``; a 4K JPEG
     decodes in 13 ms instead of 21); 0: glibc's defaults. Off by default: 256 held 0.4 GB more per worker in
     the memory soak for no served throughput that stood out of the noise (README, Memory)."""
-    max_resident_mb: int = 0
-    """After a batch, a worker whose resident memory exceeds this many MB hands its freed memory back to the
-    system (``cpu_tuning.ResidentCap``): what ``keep_freed_mb`` keeps stays under this bound at rest. 0: never."""
     max_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     max_video_frames: int = 18_000
@@ -165,8 +162,8 @@ class PipelineSettings:
             raise ValueError(f"threshold must lie strictly between 0 and 1, got {self.threshold}")
         if self.forward not in ("torch", "onnxruntime"):
             raise ValueError(f"forward must be torch or onnxruntime, got {self.forward!r}")
-        if self.precision not in ("auto", "fp32", "fp16", "bf16"):
-            raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {self.precision!r}")
+        if self.precision not in get_args(Precision):
+            raise ValueError(f"precision must be one of {', '.join(get_args(Precision))}, got {self.precision!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         for name in ("frame_stride", "max_frames", "detect_max_side", "max_faces_per_frame",

@@ -10,8 +10,7 @@ A worker decodes photos of up to tens of megabytes, one after another. With glib
 buffers is mapped fresh from the kernel and unmapped when freed, so every photo faults its pages in again:
 on a virtual machine that costs as much as the decoding itself (a 4K JPEG: 21 ms with the defaults, 13 ms
 with freed memory kept). :func:`keep_freed_memory` makes the heap serve such buffers and keep what they
-free for the next request, at the price of holding the largest batch's memory once it has been seen;
-:class:`ResidentCap` bounds that: above a resident size, freed memory goes back after the batch.
+free for the next request, at the price of holding the largest batch's memory once it has been seen.
 """
 
 from __future__ import annotations
@@ -96,42 +95,3 @@ def keep_freed_memory(megabytes: int) -> bool:
     size = megabytes << 20
     return bool(mallopt(_M_MMAP_THRESHOLD, size)) and bool(mallopt(_M_TRIM_THRESHOLD, size))
 
-
-class ResidentCap:
-    """Hands freed memory back to the system when the process's resident memory exceeds ``megabytes``.
-
-    :func:`keep_freed_memory` keeps freed buffers for the next request, but glibc bounds only the free space
-    at the top of the heap: freed chunks in between stay resident however many accumulate. Called after
-    each batch, :meth:`trim` reads the resident size (``/proc/self/statm``) and, above the cap, returns every
-    freed page (``malloc_trim``): a worker keeps freed memory for reuse while it fits under the cap, and at
-    rest holds no more than the cap or its live memory. Linux with glibc only; elsewhere it does nothing.
-    """
-
-    def __init__(self, megabytes: int) -> None:
-        self.limit = megabytes << 20
-        self.trims = 0
-        self._malloc_trim = None
-        if megabytes <= 0 or not os.path.exists("/proc/self/statm"):
-            return
-        try:
-            self._malloc_trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-        except (OSError, AttributeError, TypeError):
-            return
-        self._malloc_trim.argtypes = [ctypes.c_size_t]
-        self._page = os.sysconf("SC_PAGE_SIZE")
-
-    @property
-    def active(self) -> bool:
-        return self._malloc_trim is not None
-
-    def resident_bytes(self) -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * self._page
-
-    def trim(self) -> bool:
-        """Return the freed memory if the resident size exceeds the cap; whether it did."""
-        if self._malloc_trim is None or self.resident_bytes() <= self.limit:
-            return False
-        self._malloc_trim(0)
-        self.trims += 1
-        return True

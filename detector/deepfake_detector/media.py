@@ -22,7 +22,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO
 
 import cv2
 import numpy as np
@@ -187,7 +187,7 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
 
 
-def video_temp_dir() -> str | None:
+def video_temp_dir() -> str:
     """Where request videos are written for the decoder: ``$DEEPFAKE_VIDEO_TMPDIR`` (the image points it at a
     memory volume with a size limit), else ``/dev/shm`` when writable, else the system's temp folder."""
     configured = os.environ.get(VIDEO_TMPDIR_ENV, "").strip()
@@ -195,13 +195,13 @@ def video_temp_dir() -> str | None:
         return configured
     if os.path.isdir(_SHARED_MEMORY) and os.access(_SHARED_MEMORY, os.W_OK):
         return _SHARED_MEMORY
-    return None
+    return tempfile.gettempdir()
 
 
 def check_video_temp_dir() -> str:
     """The folder :func:`video_temp_dir` names, checked writable now: a worker without one refuses to load
     with the reason, rather than answer every video with an error."""
-    folder = video_temp_dir() or tempfile.gettempdir()
+    folder = video_temp_dir()
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix="check-"):
             pass
@@ -239,7 +239,7 @@ def decode_video(body: bytes, fmt: str, settings: PipelineSettings, check_size: 
 
 
 @contextlib.contextmanager
-def _temporary_copy(body: bytes, fmt: str) -> Iterator[Any]:
+def _temporary_copy(body: bytes, fmt: str) -> Iterator[IO[bytes]]:
     """The body written to a temporary file that is removed afterwards; a temp area that cannot take it (full,
     over quota, missing) is this request's TemporaryError, not the batch's failure."""
     folder = video_temp_dir()
@@ -253,9 +253,8 @@ def _temporary_copy(body: bytes, fmt: str) -> Iterator[Any]:
         yield temp
 
 
-def _temp_area_error(error: OSError, folder: str | None, size: int) -> RequestError:
+def _temp_area_error(error: OSError, where: str, size: int) -> RequestError:
     """A full area is passing (retryable 503); any other failure is the worker's fault and lasts (500)."""
-    where = folder or tempfile.gettempdir()
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return TemporaryError(
             "temp_space_full",

@@ -357,7 +357,7 @@ import json, statistics, sys, time
 from pathlib import Path
 from deepfake_detector import PipelineSettings
 from deepfake_detector.media import decode_media
-from deepfake_detector.cpu_tuning import available_cpus, keep_freed_memory, threads_per_worker, use_cpu_threads
+from deepfake_detector.cpu_tuning import keep_freed_memory, use_cpu_threads
 use_cpu_threads(1)
 keep_freed_memory(int(sys.argv[1]))
 settings, medians = PipelineSettings(), {}

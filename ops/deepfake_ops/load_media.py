@@ -48,7 +48,7 @@ class LoadMedia:
 
     photos: dict[str, dict[str, Path]]
     videos: dict[str, Path]
-    group_photo: Path | None = None
+    group_photo: Path
 
     def photos_of_size(self, size: str) -> list[Path]:
         return [sizes[size] for sizes in self.photos.values()]
@@ -149,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rewrite files that already exist")
     args = parser.parse_args(argv)
     made = make_load_media(args.dir, args.force)
-    made_files = [p for sizes in made.photos.values() for p in sizes.values()] + list(made.videos.values())
-    for path in [*made_files, made.group_photo] if made.group_photo else made_files:
+    for path in [*(p for sizes in made.photos.values() for p in sizes.values()), made.group_photo,
+                 *made.videos.values()]:
         print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}  {path.stat().st_size:>10,} bytes")
     return 0
 

@@ -170,7 +170,6 @@ def soak_bodies() -> list[tuple[str, bytes]]:
     media = make_load_media()
     photos = [(f"photo {size}", path.read_bytes()) for size in ("480p", "1080p", "4k")
               for path in media.photos_of_size(size)]
-    assert media.group_photo is not None
     group = ("group photo (8 faces)", media.group_photo.read_bytes())
     videos = [(f"video {name}", path.read_bytes()) for name, path in media.videos.items()]
     return [*photos[:3], group, videos[0], *photos[3:], group, videos[1]]
