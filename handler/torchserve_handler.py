@@ -32,6 +32,7 @@ from deepfake_detector.drift import VerdictWindow, window_size  # noqa: E402
 from deepfake_detector.errors import InputError, RequestError  # noqa: E402
 from deepfake_detector.media import check_video_temp_dir  # noqa: E402
 from deepfake_detector.pipeline import DetectionPipeline  # noqa: E402
+from deepfake_detector.sampling import SAMPLING_FIELD, SAMPLING_HEADER, Sampling, parse_sampling  # noqa: E402
 from deepfake_detector.verdict import Verdict  # noqa: E402
 from ts.metrics.metric_cache_errors import MetricsCacheKeyError  # noqa: E402
 from ts.metrics.metric_type_enum import MetricTypes  # noqa: E402
@@ -100,9 +101,13 @@ class DeepfakeDetectorHandler:
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         assert self.pipeline is not None, "initialize() must run before handle()"
         started = time.perf_counter()
-        extracted = [request_body(request) for request in data]
-        bodies = [body for body in extracted if isinstance(body, bytes)]
-        report = self.pipeline.score_batch(bodies)
+        requests = [(request_body(request), request_sampling(request, _headers(context, index)))
+                    for index, request in enumerate(data)]
+        extracted = [sampling if isinstance(sampling, RequestError) else body for body, sampling in requests]
+        accepted = [(body, sampling) for body, sampling in requests
+                    if isinstance(body, bytes) and not isinstance(sampling, RequestError)]
+        report = self.pipeline.score_batch([body for body, _ in accepted],
+                                           [sampling for _, sampling in accepted])  # type: ignore[misc]
         scored = iter(report.outcomes)
         outcomes = [body if isinstance(body, RequestError) else next(scored) for body in extracted]
 
@@ -140,7 +145,7 @@ def request_body(request: dict[str, Any]) -> bytes | InputError:
             value = request[key]
             break
     else:
-        value = next(iter(request.values()), None) if request else None
+        value = next((value for key, value in request.items() if key != SAMPLING_FIELD), None)
     if isinstance(value, bytearray):
         return bytes(value)
     if isinstance(value, bytes):
@@ -154,6 +159,29 @@ def request_body(request: dict[str, Any]) -> bytes | InputError:
         "bytes with Content-Type: application/octet-stream, or as a multipart file field",
         415,
     )
+
+
+def request_sampling(request: dict[str, Any], headers: dict[str, str]) -> Sampling | RequestError | None:
+    """The sampling a request asks for (the ``X-Deepfake-Sampling`` header, else a ``sampling`` form field), None
+    when it asks for none; a value that cannot be used is that request's 400."""
+    text: Any = next((value for key, value in headers.items() if key.lower() == SAMPLING_HEADER.lower()), None)
+    if text is None:
+        text = request.get(SAMPLING_FIELD)
+    if text is None:
+        return None
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    try:
+        return parse_sampling(str(text))
+    except InputError as error:
+        return error
+
+
+def _headers(context: Any, index: int) -> dict[str, str]:
+    try:
+        return dict(context.get_all_request_header(index) or {})
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return {}
 
 
 def record_metrics(

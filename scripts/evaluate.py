@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from deepfake_detector import PipelineSettings
+from deepfake_detector.verdict import AGGREGATIONS
 from deepfake_training.evaluation import calibrate, evaluate
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", type=Path, help="folder for results.json and the PNG plots")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--self-blend", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--aggregation", choices=("mean", "max", "median"), default=PipelineSettings().aggregation)
+    parser.add_argument("--aggregation", choices=AGGREGATIONS, default=PipelineSettings().aggregation)
     parser.add_argument("--threshold", type=float, default=PipelineSettings().threshold)
     parser.add_argument("--fit-temperature", type=Path, metavar="OUT.safetensors",
                         help="fit a temperature on val, write the weights with it to this file and evaluate those")

@@ -22,7 +22,7 @@ from deepfake_detector.untrained import build_detector
 from deepfake_detector.weights import save_weights
 from deepfake_ops.build_mar import build_archive
 from deepfake_ops.golden import PROBABILITY_TOLERANCE
-from deepfake_ops.load_media import LoadMedia, make_load_media
+from deepfake_ops.load_media import LoadMedia, make_load_media, source_video, write_long_video
 from deepfake_ops.torchserve import TorchServeInstance, free_port
 from deepfake_training import prepare as training_prepare
 from deepfake_training.trainer import TrainSettings, train
@@ -56,7 +56,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory, weights_file: Path) ->
     store = tmp_path_factory.mktemp("model_store")
     build_archive("1.0", weights_file, MODEL_NAME, store, serving_overrides=ONE_WORKER)
     build_archive("2.0", weights_file, MODEL_NAME, store, serving_overrides=ONE_WORKER,
-                  handler_overrides={"frame_stride": 20, "max_frames": 4, "threshold": 0.6})
+                  handler_overrides={"sampling": "every_nth:20", "max_frames": 6, "threshold": 0.6})
     return store
 
 
@@ -67,8 +67,16 @@ def load_media(tmp_path_factory: pytest.TempPathFactory) -> LoadMedia:
 
 
 @pytest.fixture(scope="session")
+def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """90 s of 720p H.264 at 25 fps from the carphone video's real frames, a keyframe every 250 frames, B-frames."""
+    path = tmp_path_factory.mktemp("long_video") / "long_720p_90s.mp4"
+    write_long_video(source_video(), path, seconds=90)
+    return path
+
+
+@pytest.fixture(scope="session")
 def settings_v2() -> PipelineSettings:
-    return PipelineSettings(frame_stride=20, max_frames=4, threshold=0.6)
+    return PipelineSettings(sampling="every_nth:20", max_frames=6, threshold=0.6)
 
 
 @pytest.fixture(scope="session")

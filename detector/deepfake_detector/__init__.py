@@ -7,8 +7,10 @@ The public surface::
 Modules, one job each:
 
 =================  ======================================================================================
-``media``          bytes -> frames (format sniffing, limits, decoding)
-``faces``          frames -> face boxes (MTCNN, the detection copy, the selection policy)
+``media``          bytes -> frames (format sniffing, limits, decoding, seeking)
+``sampling``       which frames of a video are scored, and the cheapest way to decode them
+``faces``          frames -> face boxes (MTCNN, the detection copy, the second look, the selection policy)
+``tracks``         a video's faces linked into one track per person
 ``transforms``     boxes -> normalised crops: the preprocessing training shares
 ``architecture``   the network: timm backbone and the design's head
 ``weights``        the safetensors weights file and the ModelConfig inside it

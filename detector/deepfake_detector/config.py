@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from .archive import DEFAULT_MODEL_NAME
+from .errors import InputError
+from .sampling import Sampling, parse_sampling
 from .verdict import AGGREGATIONS
 
 DEFAULT_FACE_MARGIN = 0.3
@@ -24,7 +26,7 @@ DEFAULT_CROP_FILTER = "area"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-Aggregation = Literal["mean", "max", "median"]
+Aggregation = Literal["tracks", "mean", "max", "median"]
 Forward = Literal["torch", "onnxruntime"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 CropFilter = Literal["area", "linear"]
@@ -109,27 +111,42 @@ class PipelineSettings:
 
     threshold: float = 0.5
     """A fake probability at or above this is reported as FAKE."""
-    frame_stride: int = 10
-    """Video: score every Nth frame (0, N, 2N, ...)."""
-    max_frames: int = 16
-    """Video: score at most this many sampled frames; the rest of the video is not decoded."""
-    aggregation: Aggregation = "mean"
-    """Video: how the sampled frames' scores combine into the video's score."""
-    detect_max_side: int = 480
-    """Faces are searched on a copy whose longest side is at most this, so cost does not grow with resolution.
-    MTCNN's cost grows with the copy's pixels (every pyramid level is resampled from it): 480 px, the size of a
-    480p photo, makes a 1080p or 4K photo cost what a 480p one costs, and still finds faces from 24 px there
-    (5% of the long side)."""
+    sampling: str = "uniform:32"
+    """Video: which frames are scored (``sampling``): ``uniform:N`` (N frames spread over the whole video),
+    ``every_seconds:S`` or ``every_nth:K``; a request may choose another with the ``X-Deepfake-Sampling``
+    header or a ``sampling`` form field."""
+    max_frames: int = 64
+    """Video: at most this many sampled frames, whatever the policy asks; more are thinned evenly over the
+    video, never cut at its end. It bounds a video's cost."""
+    max_decode_per_sample: int = 24
+    """Video: when the samples would take more decoded frames than this on average (each counted from where the
+    decoder is, or from the keyframe before it), a sample dearer than this moves to a cheap frame near it
+    (``sampling``); the answer gives the times actually scored."""
+    aggregation: Aggregation = "tracks"
+    """Video: ``tracks``: as fake as its most-fake person (the mean over a face track of at least
+    ``min_track_frames`` sampled frames); ``mean``, ``max``, ``median``: of the sampled frames' scores."""
+    min_track_frames: int = 2
+    """Video, ``tracks``: a face seen in fewer sampled frames does not decide (a stray detection), unless no
+    track is that long."""
+    detect_max_side: int = 1920
+    """The longest side of the copy faces are searched on is at most this: a bound on detection's cost for
+    very wide frames (a panorama), which then are searched from larger faces."""
     min_face_size: int = 24
-    """Smallest face searched for, in pixels of the downscaled copy."""
-    min_face_fraction: float = 0.05
-    """...and at least this fraction of the copy's shorter side. MTCNN's pyramid starts at the smallest face
-    searched for, so with a relative floor every copy's first level has the same size and detection costs
-    the same at 480p as at 4K; faces smaller than this share of the picture are too small to judge anyway."""
+    """Smallest face searched for, in pixels of the frame; it is also the size the smallest face worth
+    scoring has in the detection copy, MTCNN's reliable size: the copy is scaled to make it so."""
+    min_face_fraction: float = 0.0625
+    """...and faces smaller than this share of the frame's shorter side (1/16) are not searched for by the
+    first search: the copy is then at most 384 px on its shorter side (24 x 16), so a 4K frame costs what a
+    1080p one costs, and the pyramid starts at the smallest face worth scoring."""
     min_face_probability: float = 0.9
     """Detections below this MTCNN probability are ignored."""
-    max_faces_per_frame: int = 4
-    """The most confident faces of a frame that are scored; the frame's score is the highest of theirs."""
+    max_faces_per_frame: int = 32
+    """The most confident faces of a frame that are scored, a bound that a real group photo does not reach;
+    the answer says how many were left out when it is reached. The frame scores as its most-fake face."""
+    second_look_max_pixels: int = 1920 * 1080
+    """A frame in which the first search finds no face is searched again on a larger copy (the frame itself
+    when it has at most this many pixels), from ``min_face_size`` px of that copy, before its centre is
+    scored; 0: no second look."""
     max_crops_per_forward: int = 16
     """Upper bound on crops in one forward pass, whatever the number of requests in a batch."""
     forward: Forward = "torch"
@@ -166,10 +183,16 @@ class PipelineSettings:
             raise ValueError(f"precision must be one of {', '.join(get_args(Precision))}, got {self.precision!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
-        for name in ("frame_stride", "max_frames", "detect_max_side", "max_faces_per_frame",
-                     "max_crops_per_forward", "min_face_size"):
+        for name in ("max_frames", "max_decode_per_sample", "min_track_frames", "detect_max_side",
+                     "max_faces_per_frame", "max_crops_per_forward", "min_face_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.second_look_max_pixels < 0:
+            raise ValueError(f"second_look_max_pixels must not be negative, got {self.second_look_max_pixels}")
+        try:
+            parse_sampling(self.sampling)
+        except InputError as error:  # a bad default fails at load, with the reason
+            raise ValueError(f"sampling: {error.detail}") from error
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any] | None) -> PipelineSettings:
@@ -181,6 +204,11 @@ class PipelineSettings:
                 "serving setting; remove it from the handler settings (set it when training)"
             )
         return _from_mapping(cls, values, "handler settings")
+
+    @property
+    def default_sampling(self) -> Sampling:
+        """The archive's sampling, for the requests that choose none."""
+        return parse_sampling(self.sampling)
 
     def replace(self, **changes: Any) -> PipelineSettings:
         return dataclasses.replace(self, **changes)

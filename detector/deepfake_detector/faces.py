@@ -2,25 +2,32 @@
 
 Policy, in one place:
 
-* Detection runs on a copy whose longest side is at most ``detect_max_side`` pixels, so its cost does not
-  grow with the input's resolution; boxes are mapped back to full-resolution coordinates and the crop is
-  taken from the full-resolution frame.
-* Faces smaller than ``min_face_size`` pixels of that copy, or than ``min_face_fraction`` of its shorter
-  side, are not searched for: the pyramid starts at the smallest face worth scoring, which also makes the
-  cost of detection the same for a 480p photo and a 4K one.
-* Frames of the same (downscaled) size are detected in one batched MTCNN call (:func:`detect_batched`, on
-  the CPU and the GPU alike).
-* Detections below ``min_face_probability`` are dropped; the ``max_faces_per_frame`` most confident
-  remaining faces are kept, most confident first (equal probabilities keep MTCNN's order). Every kept face is
-  scored, and the frame scores as its most-fake face (``verdict.frame_probability``).
-* A frame with no face is scored on its largest centred square and reported with ``face_detected: false``.
+* The smallest face worth scoring is ``min_face_size`` pixels of the frame, and at least
+  ``min_face_fraction`` (1/16) of its shorter side. The first search runs on a copy scaled so that this face
+  is ``min_face_size`` px in it (MTCNN's reliable size; never enlarged, and at most ``detect_max_side``
+  long): so the copy is at most 384 px on its shorter side, its pyramid starts at that face, and a 4K frame
+  costs what a 1080p one costs. Boxes are mapped back to the frame, and crops come from the full frame.
+* A frame in which that search finds no face gets a second look (:meth:`FaceDetector.detect`): a search on a
+  larger copy (the frame itself up to ``second_look_max_pixels``), from ``min_face_size`` px of that copy.
+  Only faceless frames pay for it; the answer says which search found the faces (``face_search``).
+* Frames of the same copy size are detected in one batched MTCNN call (:func:`detect_batched`, on the CPU
+  and the GPU alike).
+* Detections below ``min_face_probability`` are dropped; the ``max_faces_per_frame`` (32) most confident
+  remaining faces are kept, most confident first (equal probabilities keep MTCNN's order), and the number
+  left out beyond that bound is reported. Every kept face is scored, and the frame scores as its most-fake
+  face (``verdict.frame_probability``).
+* A frame with no face after both searches is scored on its largest centred square and reported with
+  ``face_detected: false``.
 * Media too small to search (``check_searchable``) are refused before decoding, as 422 ``too_small``.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -34,10 +41,25 @@ from .config import PipelineSettings
 from .errors import InputError
 from .transforms import Box
 
+FaceSearch = Literal["first", "second_look", "none"]
 
-def detection_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """(width, height) of the copy faces are searched on: the frame shrunk to at most ``max_side``."""
-    scale = min(1.0, max_side / max(width, height))
+
+def smallest_face(width: int, height: int, settings: PipelineSettings) -> float:
+    """Height in frame pixels of the smallest face the first search looks for."""
+    return max(float(settings.min_face_size), settings.min_face_fraction * min(width, height))
+
+
+def detection_size(width: int, height: int, settings: PipelineSettings) -> tuple[int, int]:
+    """(width, height) of the first search's copy: the smallest face worth scoring becomes ``min_face_size``
+    px, the frame is never enlarged, and the longer side is at most ``detect_max_side``."""
+    scale = min(1.0, settings.min_face_size / smallest_face(width, height, settings),
+                settings.detect_max_side / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def second_look_size(width: int, height: int, settings: PipelineSettings) -> tuple[int, int]:
+    """(width, height) of the second look's copy: the frame, shrunk to ``second_look_max_pixels`` at most."""
+    scale = min(1.0, math.sqrt(settings.second_look_max_pixels / (width * height)))
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
@@ -62,7 +84,7 @@ def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def check_searchable(settings: PipelineSettings, width: int, height: int, what: str) -> None:
     """Refuse media whose detection copy is too small for MTCNN (it fails on them instead of finding none)."""
-    shorter = min(detection_size(width, height, settings.detect_max_side))
+    shorter = min(detection_size(width, height, settings))
     if shorter < settings.min_face_size:
         raise InputError(
             "too_small",
@@ -81,6 +103,16 @@ class Face:
     probability: float
 
 
+@dataclass(frozen=True)
+class FrameFaces:
+    """What the searches found in one frame: the kept faces, how many more the bound left out, which search
+    found them (``none``: neither did)."""
+
+    faces: list[Face]
+    left_out: int = 0
+    search: FaceSearch = "none"
+
+
 class FaceDetector:
     """Batched MTCNN over downscaled copies, with the selection policy of this module's docstring."""
 
@@ -96,10 +128,6 @@ class FaceDetector:
         )
         self.mtcnn.eval()
 
-    def detection_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) of the copy that MTCNN sees."""
-        return detection_size(width, height, self.settings.detect_max_side)
-
     def warm_up(self) -> None:
         """Each of the three networks once: a blank frame gives the first no candidate for the other two."""
         self.detect([np.full((480, 640, 3), 128, dtype=np.uint8)])
@@ -107,21 +135,32 @@ class FaceDetector:
             for network, size in ((self.mtcnn.rnet, 24), (self.mtcnn.onet, 48)):
                 network(_network_input(torch.zeros(2, 3, size, size, device=self.device)))
 
-    def min_face_size(self, width: int, height: int) -> int:
-        """Smallest face searched for in a detection copy of this size, in its pixels."""
-        relative = round(self.settings.min_face_fraction * min(width, height))
-        return max(self.settings.min_face_size, relative)
+    def detect(self, frames: list[np.ndarray]) -> list[FrameFaces]:
+        """Faces for each RGB uint8 frame, in the same order, boxes in the frame's own pixels: the first search
+        on every frame, the second look on those where it found none."""
+        first = self.search(frames, lambda w, h: detection_size(w, h, self.settings))
+        found = [FrameFaces(faces, left_out, "first" if faces else "none") for faces, left_out in first]
+        faceless = [position for position, result in enumerate(found) if not result.faces]
+        if faceless and self.settings.second_look_max_pixels:
+            second = self.search([frames[p] for p in faceless],
+                                 lambda w, h: second_look_size(w, h, self.settings))
+            for position, (faces, left_out) in zip(faceless, second):
+                if faces:
+                    found[position] = FrameFaces(faces, left_out, "second_look")
+        return found
 
-    def detect(self, frames: list[np.ndarray]) -> list[list[Face]]:
-        """Faces for each RGB uint8 frame, in the same order, boxes in the frame's own pixels."""
+    def search(self, frames: list[np.ndarray], copy_size: Callable[[int, int], tuple[int, int]]
+               ) -> list[tuple[list[Face], int]]:
+        """(kept faces, number left out) for each frame, searched on the copy ``copy_size(w, h)`` gives,
+        from ``min_face_size`` px of that copy; frames with copies of one size form one batch."""
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for position, frame in enumerate(frames):
             height, width = frame.shape[:2]
-            groups[self.detection_size(width, height)].append(position)
-        found: list[list[Face]] = [[] for _ in frames]
+            groups[copy_size(width, height)].append(position)
+        found: list[tuple[list[Face], int]] = [([], 0) for _ in frames]
+        self.mtcnn.min_face_size = self.settings.min_face_size
         for (small_w, small_h), positions in groups.items():
             batch = np.stack([shrink(frames[p], small_w, small_h) for p in positions])
-            self.mtcnn.min_face_size = self.min_face_size(small_w, small_h)
             with torch.inference_mode():
                 boxes, probabilities = detect_batched(self.mtcnn, batch)
             for position, frame_boxes, frame_probs in zip(positions, boxes, probabilities):
@@ -134,11 +173,12 @@ class FaceDetector:
 def select_faces(
     boxes: np.ndarray | None, probabilities: np.ndarray | None, scale: tuple[float, float],
     frame_size: tuple[int, int], settings: PipelineSettings,
-) -> list[Face]:
+) -> tuple[list[Face], int]:
     """The policy of this module's docstring on one frame's MTCNN output (boxes in the detection copy):
-    confident enough, mapped to the frame's pixels, most confident first (ties keep MTCNN's order), capped."""
+    confident enough, mapped to the frame's pixels, most confident first (ties keep MTCNN's order), capped;
+    with the number of faces the cap left out."""
     if boxes is None or probabilities is None:
-        return []
+        return [], 0
     (scale_x, scale_y), (width, height) = scale, frame_size
     faces = []
     for box, probability in zip(boxes, probabilities):
@@ -151,7 +191,8 @@ def select_faces(
         if x2 - x1 >= 1 and y2 - y1 >= 1:
             faces.append(Face((x1, y1, x2, y2), float(probability)))
     faces.sort(key=lambda face: face.probability, reverse=True)
-    return faces[: settings.max_faces_per_frame]
+    kept = faces[: settings.max_faces_per_frame]
+    return kept, len(faces) - len(kept)
 
 
 def detect_batched(mtcnn: MTCNN, batch: np.ndarray) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:

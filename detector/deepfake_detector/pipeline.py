@@ -27,11 +27,13 @@ import torch
 from .architecture import DeepfakeDetector
 from .config import PipelineSettings
 from .errors import RequestError
-from .faces import Face, FaceDetector, check_searchable
+from .faces import Face, FaceDetector, FrameFaces, check_searchable
 from .media import DecodedMedia, decode_media
 from .runtimes import Runtime, select_runtime
+from .sampling import Sampling
+from .tracks import link_tracks
 from .transforms import Region, center_region, crop_and_resize, face_region, normalize
-from .verdict import FaceScore, FrameScore, MediaInfo, ModelInfo, Verdict
+from .verdict import TIME_DECIMALS, Coverage, FaceScore, FrameScore, MediaInfo, ModelInfo, Verdict
 from .weights import load_weights
 
 STAGES = ("decode", "detect", "crop", "forward")
@@ -95,20 +97,23 @@ class DetectionPipeline:
         return ModelInfo(self.model_name, self.version, self.config.backbone, self.config.trained,
                          self.runtime.compute)
 
-    def score(self, body: bytes) -> Verdict:
+    def score(self, body: bytes, sampling: Sampling | None = None) -> Verdict:
         """One body's result; raises its RequestError."""
-        outcome = self.score_batch([body]).outcomes[0]
+        outcome = self.score_batch([body], [sampling]).outcomes[0]
         if isinstance(outcome, RequestError):
             raise outcome
         return outcome
 
-    def score_batch(self, bodies: Sequence[bytes]) -> BatchReport:
+    def score_batch(self, bodies: Sequence[bytes], samplings: Sequence[Sampling | None] | None = None
+                    ) -> BatchReport:
+        """One outcome per body; ``samplings`` (one per body, None: the settings') choose a video's frames."""
         report = BatchReport(outcomes=[])
+        samplings = list(samplings) if samplings is not None else [None] * len(bodies)
         with _timed(report, "decode"):
             if self._decoders is not None and len(bodies) > 1:
-                decoded: list[DecodedMedia | RequestError] = list(self._decoders.map(self._decode, bodies))
+                decoded: list[DecodedMedia | RequestError] = list(self._decoders.map(self._decode, bodies, samplings))
             else:
-                decoded = [self._decode(body) for body in bodies]
+                decoded = [self._decode(body, sampling) for body, sampling in zip(bodies, samplings, strict=True)]
         media = [(i, m) for i, m in enumerate(decoded) if isinstance(m, DecodedMedia)]
 
         with _timed(report, "detect"):
@@ -118,9 +123,11 @@ class DetectionPipeline:
         with _timed(report, "crop"):
             crops: list[_Crop] = []
             pixels: list[np.ndarray] = []
+            found: dict[tuple[int, int], FrameFaces] = {}
             for request, m in media:
                 for frame_position, frame in enumerate(m.frames):
-                    for crop in self._plan_crops(request, frame_position, frame, next(faces_per_frame)):
+                    found[(request, frame_position)] = faces = next(faces_per_frame)
+                    for crop in self._plan_crops(request, frame_position, frame, faces.faces):
                         crops.append(crop)
                         pixels.append(crop_and_resize(frame, crop.region, self.config.input_size,
                                                       self.config.crop_filter))
@@ -133,7 +140,7 @@ class DetectionPipeline:
         for crop, probability in zip(crops, probabilities.tolist()):
             scores.setdefault((crop.request, crop.frame), []).append((crop, probability))
         report.outcomes = [
-            outcome if isinstance(outcome, RequestError) else self._result(i, outcome, scores)
+            outcome if isinstance(outcome, RequestError) else self._result(i, outcome, scores, found)
             for i, outcome in enumerate(decoded)
         ]
         return report
@@ -167,9 +174,9 @@ class DetectionPipeline:
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - started
 
-    def _decode(self, body: bytes) -> DecodedMedia | RequestError:
+    def _decode(self, body: bytes, sampling: Sampling | None = None) -> DecodedMedia | RequestError:
         try:
-            return decode_media(body, self.settings, self._check_size)
+            return decode_media(body, self.settings, self._check_size, sampling)
         except RequestError as error:
             return error
 
@@ -183,20 +190,30 @@ class DetectionPipeline:
             yield _Crop(request, frame, face, face_region(face.box, width, height, self.config.face_margin))
 
     def _result(
-        self, request: int, m: DecodedMedia, scores: dict[tuple[int, int], list[tuple[_Crop, float]]]
+        self, request: int, m: DecodedMedia, scores: dict[tuple[int, int], list[tuple[_Crop, float]]],
+        found: dict[tuple[int, int], FrameFaces],
     ) -> Verdict:
+        scored = [scores[(request, position)] for position in range(len(m.frames))]
+        track_ids = (link_tracks([[crop.face.box for crop, _ in frame if crop.face is not None] for frame in scored])
+                     if m.kind == "video" else [[None] * len(frame) for frame in scored])
         frames = []
         for position, index in enumerate(m.frame_indices):
-            scored = scores[(request, position)]
-            faces = [FaceScore.reported(crop.face.box, crop.face.probability, p)
-                     for crop, p in scored if crop.face is not None]
-            center = next((p for crop, p in scored if crop.face is None), None)
-            frames.append(FrameScore.scored(index, faces, center))
+            with_faces = [(crop, p) for crop, p in scored[position] if crop.face is not None]
+            faces = [FaceScore.reported(crop.face.box, crop.face.probability, p, track)  # type: ignore[union-attr]
+                     for (crop, p), track in zip(with_faces, track_ids[position])]
+            center = next((p for crop, p in scored[position] if crop.face is None), None)
+            search = found[(request, position)]
+            frames.append(FrameScore.scored(index, faces, center, search.search, search.left_out,
+                                            m.frame_times[position] if m.kind == "video" else None))
         media = MediaInfo(m.kind, m.format, m.width, m.height, m.total_frames, m.fps)
+        settings = self.settings
         if m.kind == "image":
-            return Verdict.of_image(frames[0], self.settings.threshold, media, self.model_info)
-        return Verdict.of_video(frames, self.settings.threshold, media, self.model_info,
-                                self.settings.frame_stride, self.settings.aggregation)
+            return Verdict.of_image(frames[0], settings.threshold, media, self.model_info)
+        coverage = Coverage(frames[0].time_s or 0.0, frames[-1].time_s or 0.0, round(m.duration_s, TIME_DECIMALS),
+                            m.total_frames or len(frames), len(frames), m.samples_moved)
+        return Verdict.of_video(frames, settings.threshold, media, self.model_info,
+                                m.sampling or settings.default_sampling, settings.aggregation,
+                                settings.min_track_frames, coverage)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,11 @@ the golden requests, rollout verification, the A/B comparison, the load tests an
 with :meth:`Verdict.from_json`, which also validates it. The scoring rules live here, once:
 
 * a frame scores as its most-fake face (:func:`frame_probability`): one manipulated face makes it fake;
-* a video scores as the aggregate of its sampled frames (:func:`aggregate`: mean, max or median);
+* a video scores by :func:`video_probability`: by default as its most-fake person (``tracks``: the mean of
+  each face track seen in at least ``min_track_frames`` sampled frames, so one stray frame does not flip
+  it), or as the mean, max or median of its sampled frames;
+* a video's segments are the stretches whose sampled frames score at or above the threshold
+  (:func:`find_segments`);
 * FAKE when the fake probability is at or above the threshold (:func:`label_for`), and the confidence is
   the probability of the reported label.
 
@@ -17,13 +21,18 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .sampling import Sampling
+
 Label = Literal["REAL", "FAKE"]
 MediaKind = Literal["image", "video"]
-AGGREGATIONS = ("mean", "max", "median")
+AGGREGATIONS = ("tracks", "mean", "max", "median")
+FACE_SEARCHES = ("first", "second_look", "none")
+TIME_DECIMALS = 3
 BOX_DECIMALS = 1
 """Face boxes are reported in pixels to one decimal: finer would only report MTCNN's noise."""
 DETECTION_DECIMALS = 4
@@ -50,14 +59,41 @@ def frame_probability(face_probabilities: Sequence[float]) -> float:
 
 
 def aggregate(values: Sequence[float], method: str) -> float:
-    """A video's fake probability from its sampled frames' probabilities."""
+    """The mean, max or median of sampled frames' (or a track's) probabilities."""
     if method == "mean":
         return float(statistics.fmean(values))
     if method == "max":
         return float(max(values))
     if method == "median":
         return float(statistics.median(values))
-    raise ValueError(f"unknown aggregation {method!r}; use mean, max or median")
+    raise ValueError(f"unknown aggregation {method!r}; use {', '.join(AGGREGATIONS)}")
+
+
+def video_probability(frames: Sequence[FrameScore], method: str, min_track_frames: int = 2) -> float:
+    """A video's fake probability from its sampled frames: the one rule the server, evaluation, the golden
+    requests, the A/B comparison and the load tests share.
+
+    ``tracks``: the highest track score (the mean of a track's faces) among the tracks seen in at least
+    ``min_track_frames`` frames (all tracks when none is); a video without any face scores as the mean of its
+    centre crops. ``mean``, ``max``, ``median``: of the frames' probabilities.
+    """
+    if method != "tracks":
+        return aggregate([frame.fake_probability for frame in frames], method)
+    tracks = list(track_probabilities(frames).values())
+    if not tracks:
+        return aggregate([frame.fake_probability for frame in frames], "mean")
+    deciding = [track for track in tracks if len(track) >= min_track_frames] or tracks
+    return max(statistics.fmean(track) for track in deciding)
+
+
+def track_probabilities(frames: Sequence[FrameScore]) -> dict[int, list[float]]:
+    """Each track's faces' fake probabilities, in frame order, by track id."""
+    tracks: dict[int, list[float]] = defaultdict(list)
+    for frame in frames:
+        for face in frame.faces:
+            if face.track_id is not None:
+                tracks[face.track_id].append(face.fake_probability)
+    return dict(tracks)
 
 
 def label_for(fake_probability: float, threshold: float) -> Label:
@@ -80,16 +116,22 @@ class FaceScore:
     box: tuple[float, float, float, float]
     detection_probability: float
     fake_probability: float
+    track_id: int | None = None
+    """Videos: the face track this face belongs to (``tracks``)."""
 
     @classmethod
-    def reported(cls, box: Sequence[float], detection_probability: float, fake_probability: float) -> FaceScore:
+    def reported(cls, box: Sequence[float], detection_probability: float, fake_probability: float,
+                 track_id: int | None = None) -> FaceScore:
         """A face at the precision the answer reports (boxes to 0.1 px, detection to 1e-4)."""
         return cls(tuple(round(float(v), BOX_DECIMALS) for v in box),  # type: ignore[arg-type]
-                   round(float(detection_probability), DETECTION_DECIMALS), float(fake_probability))
+                   round(float(detection_probability), DETECTION_DECIMALS), float(fake_probability), track_id)
 
     def to_json(self) -> dict[str, Any]:
-        return {"box": list(self.box), "detection_probability": self.detection_probability,
-                "fake_probability": self.fake_probability}
+        data: dict[str, Any] = {"box": list(self.box), "detection_probability": self.detection_probability,
+                                "fake_probability": self.fake_probability}
+        if self.track_id is not None:
+            data["track_id"] = self.track_id
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str, problems: list[str]) -> FaceScore | None:
@@ -106,21 +148,32 @@ class FaceScore:
         for key, value in zip(("detection_probability", "fake_probability"), probabilities, strict=True):
             if not _is_probability(value):
                 problems.append(f"{where}.{key} is not a probability ({value!r})")
+        track_id = data.get("track_id")
+        if track_id is not None and not _is_int(track_id):
+            problems.append(f"{where}.track_id is not a whole number ({track_id!r})")
         if not all(_is_probability(value) for value in probabilities):
             return None
-        return cls(tuple(float(v) for v in box), float(probabilities[0]), float(probabilities[1]))  # type: ignore
+        return cls(tuple(float(v) for v in box), float(probabilities[0]), float(probabilities[1]),  # type: ignore
+                   track_id)
 
 
 @dataclass(frozen=True)
 class FrameScore:
-    """One scored frame (an image is a single frame, index 0): its faces, or none and a centre crop."""
+    """One scored frame (an image is a single frame, index 0): its faces, or none and a centre crop; which
+    face search found them (``first``, ``second_look``, ``none``), how many faces the per-frame bound left
+    out, and for a video frame its time in seconds from the first frame."""
 
     index: int
     fake_probability: float
     faces: tuple[FaceScore, ...] = ()
+    face_search: str = "first"
+    faces_left_out: int = 0
+    time_s: float | None = None
 
     @classmethod
-    def scored(cls, index: int, faces: Sequence[FaceScore], center_probability: float | None = None) -> FrameScore:
+    def scored(cls, index: int, faces: Sequence[FaceScore], center_probability: float | None = None,
+               face_search: str | None = None, faces_left_out: int = 0, time_s: float | None = None
+               ) -> FrameScore:
         """A frame scored as its most-fake face, or as its centre crop when no face was found."""
         if faces:
             probability = frame_probability([face.fake_probability for face in faces])
@@ -128,7 +181,9 @@ class FrameScore:
             probability = float(center_probability)
         else:
             raise ValueError(f"frame {index} has neither faces nor a centre-crop score")
-        return cls(index, probability, tuple(faces))
+        search = face_search or ("first" if faces else "none")
+        return cls(index, probability, tuple(faces), search, faces_left_out,
+                   None if time_s is None else round(float(time_s), TIME_DECIMALS))
 
     @property
     def face_detected(self) -> bool:
@@ -136,8 +191,90 @@ class FrameScore:
         return bool(self.faces)
 
     def to_json(self) -> dict[str, Any]:
-        return {"index": self.index, "fake_probability": self.fake_probability,
-                "face_detected": self.face_detected, "faces": [face.to_json() for face in self.faces]}
+        return {"index": self.index, "time_s": self.time_s, "fake_probability": self.fake_probability,
+                "face_detected": self.face_detected, "face_search": self.face_search,
+                "faces_left_out": self.faces_left_out, "faces": [face.to_json() for face in self.faces]}
+
+
+@dataclass(frozen=True)
+class Track:
+    """One person across the sampled frames: their frames, times and score (the mean of their faces)."""
+
+    id: int
+    frames: tuple[int, ...]
+    fake_probability: float
+    start_s: float | None
+    end_s: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "frames": list(self.frames), "start_s": self.start_s, "end_s": self.end_s,
+                "fake_probability": self.fake_probability}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch whose sampled frames score at or above the threshold. ``start_s`` and ``end_s`` are the
+    nearest samples below it on either side (or the video's ends): what the samples say the manipulated
+    stretch lies within. ``frames`` flagged samples, the most fake of them at ``peak_s``."""
+
+    start_s: float
+    end_s: float
+    peak_s: float
+    peak_probability: float
+    frames: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start_s": self.start_s, "end_s": self.end_s, "peak_s": self.peak_s,
+                "peak_probability": self.peak_probability, "frames": self.frames}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What part of a video was looked at: the first and last sampled times, the video's length (from its
+    timestamps), its frames, how many were sampled and how many samples moved to a cheaper nearby frame."""
+
+    start_s: float
+    end_s: float
+    duration_s: float
+    frames_total: int
+    frames_sampled: int
+    samples_moved: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start_s": self.start_s, "end_s": self.end_s, "duration_s": self.duration_s,
+                "frames_total": self.frames_total, "frames_sampled": self.frames_sampled,
+                "samples_moved": self.samples_moved}
+
+
+def find_segments(frames: Sequence[FrameScore], threshold: float, duration_s: float) -> list[Segment]:
+    """The stretches of consecutive sampled frames at or above ``threshold`` (``Segment``)."""
+    segments: list[Segment] = []
+    times = [frame.time_s or 0.0 for frame in frames]
+    start = None
+    for position, frame in enumerate([*frames, None]):
+        flagged = frame is not None and frame.fake_probability >= threshold
+        if flagged and start is None:
+            start = position
+        elif not flagged and start is not None:
+            run = range(start, position)
+            peak = max(run, key=lambda p: frames[p].fake_probability)
+            segments.append(Segment(times[start - 1] if start else 0.0,
+                                    times[position] if position < len(frames) else round(duration_s, TIME_DECIMALS),
+                                    times[peak], frames[peak].fake_probability, len(run)))
+            start = None
+    return segments
+
+
+def find_tracks(frames: Sequence[FrameScore]) -> list[Track]:
+    """The tracks the faces' ``track_id`` form, by id."""
+    members: dict[int, list[tuple[FrameScore, FaceScore]]] = defaultdict(list)
+    for frame in frames:
+        for face in frame.faces:
+            if face.track_id is not None:
+                members[face.track_id].append((frame, face))
+    return [Track(track, tuple(frame.index for frame, _ in seen),
+                  statistics.fmean(face.fake_probability for _, face in seen), seen[0][0].time_s, seen[-1][0].time_s)
+            for track, seen in sorted(members.items())]
 
 
 @dataclass(frozen=True)
@@ -181,7 +318,8 @@ class Verdict:
     """The answer for one image or video.
 
     ``frames`` holds one frame for an image (its faces are the answer's ``faces``) and the sampled frames for
-    a video; ``frame_stride`` and ``aggregation`` are set for videos only.
+    a video; ``sampling``, ``aggregation``, ``min_track_frames`` and ``coverage`` are set for videos only, and
+    a video's tracks and segments follow from its frames (:attr:`tracks`, :attr:`segments`).
     """
 
     fake_probability: float
@@ -189,8 +327,10 @@ class Verdict:
     media: MediaInfo
     model: ModelInfo
     frames: tuple[FrameScore, ...]
-    frame_stride: int | None = None
+    sampling: Sampling | None = None
     aggregation: str | None = None
+    min_track_frames: int | None = None
+    coverage: Coverage | None = None
 
     @classmethod
     def of_image(cls, frame: FrameScore, threshold: float, media: MediaInfo, model: ModelInfo) -> Verdict:
@@ -199,10 +339,20 @@ class Verdict:
     @classmethod
     def of_video(
         cls, frames: Sequence[FrameScore], threshold: float, media: MediaInfo, model: ModelInfo,
-        frame_stride: int, aggregation: str,
+        sampling: Sampling, aggregation: str, min_track_frames: int, coverage: Coverage,
     ) -> Verdict:
-        probability = aggregate([frame.fake_probability for frame in frames], aggregation)
-        return cls(probability, threshold, media, model, tuple(frames), frame_stride, aggregation)
+        probability = video_probability(frames, aggregation, min_track_frames)
+        return cls(probability, threshold, media, model, tuple(frames), sampling, aggregation, min_track_frames,
+                   coverage)
+
+    @property
+    def tracks(self) -> list[Track]:
+        return find_tracks(self.frames)
+
+    @property
+    def segments(self) -> list[Segment]:
+        duration = self.coverage.duration_s if self.coverage is not None else 0.0
+        return find_segments(self.frames, self.threshold, duration)
 
     @property
     def label(self) -> Label:
@@ -242,10 +392,16 @@ class Verdict:
             "model": self.model.to_json(),
         }
         if self.media.type == "image":
-            data["faces"] = [face.to_json() for face in self.frames[0].faces]
+            frame = self.frames[0]
+            data |= {"face_search": frame.face_search, "faces_left_out": frame.faces_left_out,
+                     "faces": [face.to_json() for face in frame.faces]}
         else:
-            data |= {"frame_stride": self.frame_stride, "aggregation": self.aggregation,
+            assert self.sampling is not None and self.coverage is not None
+            data |= {"sampling": self.sampling.to_json(), "aggregation": self.aggregation,
+                     "min_track_frames": self.min_track_frames, "coverage": self.coverage.to_json(),
                      "sampled_frame_indices": self.sampled_frame_indices,
+                     "segments": [segment.to_json() for segment in self.segments],
+                     "tracks": [track.to_json() for track in self.tracks],
                      "frames": [frame.to_json() for frame in self.frames]}
         return data
 
@@ -255,8 +411,8 @@ class Verdict:
 
         Besides types and ranges it checks what the rules imply: the label and confidence follow from the
         fake probability and threshold, a frame's score is its most-fake face, ``face_detected`` says whether
-        a face was scored, and a video's frames are its ``sampled_frame_indices``. ``kind`` also requires
-        the media type.
+        a face was scored, a video's frames are its ``sampled_frame_indices`` and its score, tracks and
+        segments follow from its frames. ``kind`` also requires the media type.
         """
         problems: list[str] = []
         verdict = _parse_verdict(data, kind, problems)
@@ -300,7 +456,8 @@ def _parse_verdict(data: Any, kind: MediaKind | None, problems: list[str]) -> Ve
             return None
         if faces and abs(probability - frame_probability([face.fake_probability for face in faces])) > 1e-9:
             problems.append("fake_probability is not the most-fake face's")
-        verdict = Verdict.of_image(FrameScore(0, probability, faces), threshold, media, model)
+        search, left_out = _parse_search(data, "", faces, problems)
+        verdict = Verdict.of_image(FrameScore(0, probability, faces, search, left_out), threshold, media, model)
     else:
         verdict = _parse_video(data, probability, threshold, media, model, problems)
     if verdict is None:
@@ -357,15 +514,32 @@ def _parse_faces(data: Any, where: str, problems: list[str]) -> tuple[FaceScore,
     return None if any(face is None for face in faces) else tuple(faces)  # type: ignore[arg-type]
 
 
+def _parse_search(data: Mapping[str, Any], where: str, faces: tuple[FaceScore, ...], problems: list[str]
+                  ) -> tuple[str, int]:
+    search, left_out = data.get("face_search"), data.get("faces_left_out")
+    if search not in FACE_SEARCHES or (search == "none") != (not faces):
+        problems.append(f"{where}face_search {search!r} with {len(faces)} face(s)")
+    if not _is_int(left_out):
+        problems.append(f"{where}faces_left_out is not a whole number ({left_out!r})")
+    return str(search), left_out if _is_int(left_out) else 0
+
+
 def _parse_video(
     data: Mapping[str, Any], probability: float, threshold: float, media: MediaInfo, model: ModelInfo,
     problems: list[str],
 ) -> Verdict | None:
-    stride, aggregation, frames_data = data.get("frame_stride"), data.get("aggregation"), data.get("frames")
-    if not _is_int(stride, 1):
-        problems.append(f"'frame_stride' is missing or not a whole number >= 1 ({stride!r})")
+    aggregation, frames_data = data.get("aggregation"), data.get("frames")
+    min_track_frames = data.get("min_track_frames")
+    sampling = None
+    try:
+        sampling = Sampling.from_json(data.get("sampling"))
+    except ValueError as error:
+        problems.append(f"'sampling' is invalid: {error}")
     if aggregation not in AGGREGATIONS:
         problems.append(f"'aggregation' {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
+    if not _is_int(min_track_frames, 1):
+        problems.append(f"'min_track_frames' is missing or not a whole number >= 1 ({min_track_frames!r})")
+    coverage = _parse_coverage(data.get("coverage"), problems)
     if not isinstance(frames_data, list):
         problems.append(f"'frames' is missing or not a list ({type(frames_data).__name__})")
         return None
@@ -376,8 +550,8 @@ def _parse_video(
     for position, frame in enumerate(frames_data):
         where = f"frames[{position}]"
         if not (isinstance(frame, Mapping) and _is_int(frame.get("index"))
-                and _is_probability(frame.get("fake_probability"))):
-            problems.append(f"{where} has no index or fake_probability")
+                and _is_probability(frame.get("fake_probability")) and _is_number(frame.get("time_s"))):
+            problems.append(f"{where} has no index, time_s or fake_probability")
             continue
         faces = _parse_faces(frame.get("faces"), f"{where}.faces", problems)
         if faces is None:
@@ -386,15 +560,35 @@ def _parse_video(
             problems.append(f"{where}.fake_probability is not its most-fake face's")
         if frame.get("face_detected") is not bool(faces):
             problems.append(f"{where}.face_detected {frame.get('face_detected')!r} with {len(faces)} face(s)")
-        frames.append(FrameScore(frame["index"], float(frame["fake_probability"]), faces))
-    if problems:
+        if any(face.track_id is None for face in faces):
+            problems.append(f"{where}: a face without a track_id")
+        search, left_out = _parse_search(frame, f"{where}.", faces, problems)
+        frames.append(FrameScore(frame["index"], float(frame["fake_probability"]), faces, search, left_out,
+                                 float(frame["time_s"])))
+    if problems or coverage is None:
         return None
     if data.get("sampled_frame_indices") != [frame.index for frame in frames]:
         problems.append("frames' indices differ from sampled_frame_indices")
         return None
-    if abs(probability - aggregate([frame.fake_probability for frame in frames], aggregation)) > 1e-9:
-        problems.append(f"fake_probability {probability} is not the {aggregation} of the frames' probabilities")
-    return Verdict(probability, threshold, media, model, tuple(frames), stride, aggregation)
+    verdict = Verdict(probability, threshold, media, model, tuple(frames), sampling, aggregation, min_track_frames,
+                      coverage)
+    expected = video_probability(frames, aggregation, min_track_frames)
+    if abs(probability - expected) > 1e-9:
+        problems.append(f"fake_probability {probability} is not the {aggregation} score of the frames ({expected})")
+    for key, derived in (("tracks", verdict.tracks), ("segments", verdict.segments)):
+        if data.get(key) != [item.to_json() for item in derived]:
+            problems.append(f"'{key}' do not follow from the frames")
+    return verdict
+
+
+def _parse_coverage(data: Any, problems: list[str]) -> Coverage | None:
+    numbers = ("start_s", "end_s", "duration_s")
+    counts = ("frames_total", "frames_sampled", "samples_moved")
+    if not (isinstance(data, Mapping) and all(_is_number(data.get(k)) and data[k] >= 0 for k in numbers)
+            and all(_is_int(data.get(k)) for k in counts)):
+        problems.append(f"'coverage' is missing or malformed ({data!r})")
+        return None
+    return Coverage(*(float(data[k]) for k in numbers), *(data[k] for k in counts))
 
 
 def _is_number(value: Any) -> bool:

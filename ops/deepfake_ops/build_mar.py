@@ -2,7 +2,7 @@
 
     deepfake-build-mar                                          # untrained default, version 1.0
     deepfake-build-mar --weights best.safetensors --version 2.0
-    deepfake-build-mar --version 1.1 --set frame_stride=5 --set threshold=0.6
+    deepfake-build-mar --version 1.1 --set sampling=every_nth:5 --set threshold=0.6
 
 (``python -m deepfake_ops.build_mar`` is the same; ``make mar`` calls it.) What goes into an archive is
 ``deepfake_detector.archive``'s to say; this module gathers the parts: the weights (the untrained seeded
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-store", type=Path, default=DEFAULT_MODEL_STORE)
     parser.add_argument("--serving-config", type=Path, default=DEFAULT_SERVING_CONFIG)
     parser.add_argument("--set", dest="overrides", action="append", default=[], type=parse_override,
-                        metavar="KEY=VALUE", help="override a handler setting, e.g. frame_stride=5")
+                        metavar="KEY=VALUE", help="override a handler setting, e.g. sampling=every_nth:5")
     parser.add_argument("--batch-size", type=int, help="override TorchServe's batchSize for this archive")
     parser.add_argument("--max-batch-delay", type=int, help="override TorchServe's maxBatchDelay (ms)")
     parser.add_argument("--workers", type=int, help="override minWorkers and maxWorkers")

@@ -36,7 +36,7 @@ from deepfake_detector.verdict import DEFAULT_COMPUTE, FaceScore, Verdict, Verdi
 
 from .packaged import ASTRONAUT, CARPHONE, CHELSEA, GRACE_HOPPER, package_file
 
-GOLDEN_FORMAT = 2
+GOLDEN_FORMAT = 3
 """2: tolerances recorded per compute (``{"cpu/fp32": {...}, ...}``); 1: one flat set, for cpu/fp32."""
 PROBABILITY_TOLERANCE = 1e-4
 BOX_TOLERANCE_PX = 0.5
@@ -209,7 +209,7 @@ def compare_verdicts(want: Verdict, got: Verdict, tolerances: Tolerances = Toler
         problems.append(f"label {got.label!r}, recorded {want.label!r}")
     if got.label == want.label:
         _close(problems, "confidence", want.confidence, got.confidence, tolerance)
-    for key in ("threshold", "face_detected", "media", "frame_stride", "aggregation"):
+    for key in ("threshold", "face_detected", "media", "sampling", "aggregation", "min_track_frames"):
         if getattr(got, key) != getattr(want, key):
             problems.append(f"{key} {getattr(got, key)!r}, recorded {getattr(want, key)!r}")
     if replace(got.model, compute=want.model.compute) != want.model:  # where it ran is the tolerance's business

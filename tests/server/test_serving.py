@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import zipfile
@@ -67,9 +68,49 @@ def test_a_photo_without_a_face_gets_a_centre_crop_verdict(server, media):
 
 def test_the_real_face_video_gets_exactly_the_sampled_frames(server, media):
     result = predict(server, media.face_video.read_bytes()).json()
-    assert result["sampled_frame_indices"] == list(range(0, 120, 10))
-    assert [f["index"] for f in result["frames"]] == result["sampled_frame_indices"]
-    assert all(len(f["faces"]) == 1 for f in result["frames"])
+    indices = result["sampled_frame_indices"]
+    assert len(indices) == 32 and (indices[0], indices[-1]) == (0, 119)  # uniform:32, first to last frame
+    assert [f["index"] for f in result["frames"]] == indices
+    assert all(len(f["faces"]) == 1 and f["faces"][0]["track_id"] == 0 for f in result["frames"])
+    assert result["coverage"]["frames_sampled"] == 32 and result["coverage"]["end_s"] == pytest.approx(3.971)
+
+
+def test_a_long_video_gets_a_timeline_of_its_whole_length(server, long_video):
+    """A 90 s 720p H.264 video (long GOPs, B-frames) over HTTP: 32 samples from 0 s to its end, each with its
+    time, one track for its one person, and the coverage of the whole length."""
+    answer = predict(server, long_video.read_bytes())
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    times = [frame["time_s"] for frame in result["frames"]]
+    assert len(times) == 32 and times[0] == 0.0 and times[-1] == pytest.approx(90.0, abs=0.1)
+    assert times == sorted(times) and max(b - a for a, b in itertools.pairwise(times)) < 2 * 90 / 31
+    assert result["coverage"]["duration_s"] == pytest.approx(90.0, abs=0.1)
+    assert result["coverage"]["frames_total"] == 90 * 25
+    assert [track["id"] for track in result["tracks"]] == [0]
+    assert result["tracks"][0]["frames"] == result["sampled_frame_indices"]
+    assert isinstance(result["segments"], list)
+
+
+def test_a_request_chooses_its_sampling_and_a_bad_choice_fails_alone(server, media):
+    """The header and the multipart field override the archive's sampling for that request; a value that
+    cannot be used is that request's 400, while the requests batched with it are scored."""
+    video = media.face_video.read_bytes()
+    by_header = predict(server, video, headers={"X-Deepfake-Sampling": "every_nth:10"}).json()
+    assert by_header["sampled_frame_indices"] == list(range(0, 120, 10))
+    assert by_header["sampling"] == {"policy": "every_nth", "stride": 10}
+    by_field = requests.post(f"{server.inference_url}/predictions/{MODEL_NAME}",
+                             files={"data": ("clip.mp4", video), "sampling": (None, "every_seconds:1")},
+                             headers=server.headers("inference"), timeout=120)
+    assert by_field.status_code == 200, by_field.text
+    assert [f["time_s"] for f in by_field.json()["frames"]] == pytest.approx([0.0, 1.001, 2.002, 3.003], abs=1e-3)
+    choices = ["uniform:8", "every_nth:0", None, "every_frame", "every_seconds:2"]
+    with ThreadPoolExecutor(max_workers=len(choices)) as pool:
+        answers = list(pool.map(lambda c: predict(server, video, headers={"X-Deepfake-Sampling": c} if c else {}),
+                                choices))
+    assert [a.status_code for a in answers] == [200, 400, 200, 400, 200]
+    assert [len(a.json()["frames"]) for a in answers if a.status_code == 200] == [8, 32, 2]
+    for bad in (answers[1], answers[3]):
+        assert bad.json()["error"] == "bad_sampling" and bad.json()["retryable"] is False
 
 
 def test_served_probabilities_equal_the_in_process_pipeline(server, media, weights_file, settings_v2):
@@ -91,8 +132,8 @@ def test_two_versions_with_different_settings_serve_side_by_side(server, media):
     video = media.face_video.read_bytes()
     v1, v2 = predict(server, video, "1.0").json(), predict(server, video, "2.0").json()
     assert (v1["model"]["version"], v2["model"]["version"]) == ("1.0", "2.0")
-    assert v1["sampled_frame_indices"] == list(range(0, 120, 10))
-    assert v2["sampled_frame_indices"] == [0, 20, 40, 60]
+    assert len(v1["sampled_frame_indices"]) == 32
+    assert v2["sampled_frame_indices"] == list(range(0, 120, 20))
     assert (v1["threshold"], v2["threshold"]) == (0.5, 0.6)
     versions = {d["modelVersion"] for d in server.describe(MODEL_NAME)}
     assert versions == {"1.0", "2.0"}

@@ -88,7 +88,7 @@ def test_animated_gif_uses_its_first_frame(astronaut):
 @pytest.mark.parametrize("container", ["mp4", "mov", "avi", "mkv", "webm"])
 def test_every_video_container_is_sampled_every_nth_frame(video_frames, container, tmp_path):
     body = video_bytes(video_frames[:40], container)
-    decoded = decode_media(body, PipelineSettings(frame_stride=10, max_frames=16))
+    decoded = decode_media(body, PipelineSettings(sampling="every_nth:10", max_frames=16))
     assert (decoded.kind, decoded.format) == ("video", container)
     assert decoded.frame_indices == [0, 10, 20, 30]
     (tmp_path / f"clip.{container}").write_bytes(body)
@@ -97,44 +97,41 @@ def test_every_video_container_is_sampled_every_nth_frame(video_frames, containe
         np.testing.assert_array_equal(frame, every_frame[index], err_msg=f"{container} frame {index}")
 
 
-def test_real_video_stops_after_max_frames(media, video_frames):
-    """Frame N of the answer is the Nth frame of a full sequential decode, RGB, pixel for pixel."""
+def test_the_frame_cap_spreads_the_samples_over_the_whole_video(media, video_frames):
+    """Frame N of the answer is the Nth frame of a full sequential decode, RGB, pixel for pixel; a cap below
+    what the policy asks for thins the samples evenly to the last frame instead of stopping early."""
     body = media.face_video.read_bytes()
-    decoded = decode_media(body, PipelineSettings(frame_stride=7, max_frames=5))
-    assert decoded.frame_indices == [0, 7, 14, 21, 28]
-    assert decoded.total_frames == 120
+    decoded = decode_media(body, PipelineSettings(sampling="every_nth:7", max_frames=5))
+    assert decoded.frame_indices == [0, 28, 56, 91, 119]  # every 7th frame is 18 samples: 5 of them, spread
+    assert decoded.total_frames == 120 and decoded.samples_moved == 0
+    assert decoded.frame_times == pytest.approx([index / 29.97 for index in decoded.frame_indices], abs=1e-3)
     for index, frame in zip(decoded.frame_indices, decoded.frames, strict=True):
         np.testing.assert_array_equal(frame, video_frames[index], err_msg=f"frame {index}")
-        assert not np.array_equal(frame, video_frames[index + 1]), "neighbouring frames must differ"
+        assert not np.array_equal(frame, video_frames[index - 1]), "neighbouring frames must differ"
 
 
-def test_skipped_frames_are_never_converted_to_pixels(media, monkeypatch):
-    calls = {"decoded": 0}
-    real_capture = media_module.cv2.VideoCapture
+def test_only_the_sampled_frames_are_converted_to_pixels(media, monkeypatch):
+    converted = []
+    real_to_rgb = media_module.to_rgb
+    monkeypatch.setattr(media_module, "to_rgb", lambda frame: converted.append(frame.pts) or real_to_rgb(frame))
+    decoded = decode_media(media.face_video.read_bytes(), PipelineSettings(sampling="uniform:12"))
+    assert len(decoded.frames) == len(converted) == 12
+    assert decoded.frame_indices[0] == 0 and decoded.frame_indices[-1] == 119  # first to last frame
 
-    class CountingCapture:
-        """Wraps the real capture and counts which frames were decoded to pixels."""
 
-        def __init__(self, *args):
-            self._capture = real_capture(*args)
-
-        def read(self):
-            ok, frame = self._capture.read()
-            calls["decoded"] += int(ok)
-            return ok, frame
-
-        def retrieve(self, *args):
-            ok, frame = self._capture.retrieve(*args)
-            calls["decoded"] += int(ok)
-            return ok, frame
-
-        def __getattr__(self, name):
-            return getattr(self._capture, name)
-
-    monkeypatch.setattr(media_module.cv2, "VideoCapture", CountingCapture)
-    decoded = decode_media(media.face_video.read_bytes(), PipelineSettings(frame_stride=10, max_frames=16))
-    assert len(decoded.frames) == 12
-    assert calls["decoded"] == 12
+def test_a_polyglot_is_opened_only_as_the_container_the_sniffer_saw():
+    """The decoder never lets FFmpeg probe: EBML magic followed by an SDP session description (which FFmpeg's
+    prober may open as an RTP stream) is opened with the Matroska demuxer alone and refused, and only local
+    files may ever be opened."""
+    sdp = b"\nv=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=video 5004 RTP/AVP 96\n"
+    body = b"\x1a\x45\xdf\xa3\x80" + sdp
+    assert media_module.sniff_format(body[:64]) == ("video", "mkv")
+    with pytest.raises(InputError) as refused:
+        decode_media(body, SETTINGS)
+    assert (refused.value.status, refused.value.code) == (422, "corrupt_media")
+    assert "mkv video could not be opened" in refused.value.detail
+    assert set(media_module.DEMUXERS) == set(media_module.VIDEO_FORMATS)
+    assert media_module.FFMPEG_OPTIONS["protocol_whitelist"] == "file"
 
 
 def test_sniffing_ignores_names_and_refuses_text():

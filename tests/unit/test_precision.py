@@ -26,7 +26,7 @@ def _features(model, pipeline: DetectionPipeline, paths) -> torch.Tensor:
     crops = []
     for path in paths:
         image = np.asarray(Image.open(path).convert("RGB"))
-        (face, *_) = pipeline.face_detector.detect([image])[0]
+        (face, *_) = pipeline.face_detector.detect([image])[0].faces
         region = face_region(face.box, image.shape[1], image.shape[0], model.config.face_margin)
         crops.append(crop_and_resize(image, region, model.config.input_size, model.config.crop_filter))
     batch = torch.from_numpy(np.stack(crops))

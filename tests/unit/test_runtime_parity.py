@@ -16,7 +16,7 @@ from deepfake_detector.media import decode_media
 def test_cpu_detection_gives_facenet_pytorchs_boxes(media):
     """The rearranged CPU detector returns the very boxes of MTCNN.detect (photos and every video frame)."""
     detector = FaceDetector(PipelineSettings())
-    settings = PipelineSettings(frame_stride=3, max_frames=40)
+    settings = PipelineSettings(sampling="every_nth:3", max_frames=40)
     photos = [decode_media(path.read_bytes(), settings).frames[0] for path in (media.astronaut, media.grace_hopper,
                                                                               media.cat)]
     batches = [frame[None] for frame in photos] + [np.stack(decode_media(media.face_video.read_bytes(),

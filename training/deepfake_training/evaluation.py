@@ -1,7 +1,7 @@
 """A weights file on one split of the crop index: per frame and per video, as the server would score.
 
 Probabilities come from ``DeepfakeDetector.fake_probability`` (so the stored temperature applies), a
-frame scores as its most-fake face and a video as ``deepfake_detector.verdict.aggregate`` of its frames,
+frame scores as its most-fake face and a video by ``deepfake_detector.verdict.video_probability``,
 exactly the serving rules. With ``self_blend`` each REAL crop of the split also yields a seeded
 self-blended pseudo-fake, and a source's pseudo-fakes count as a video of their own.
 """
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from deepfake_detector.architecture import DeepfakeDetector
 from deepfake_detector.config import PipelineSettings
-from deepfake_detector.verdict import aggregate, frame_probability
+from deepfake_detector.verdict import FaceScore, FrameScore, video_probability
 from deepfake_detector.weights import load_weights, save_weights
 from torch.utils.data import DataLoader
 
@@ -46,16 +46,27 @@ def score_samples(
 
 
 def per_video(
-    samples: list[Sample], probabilities: np.ndarray, method: str
+    samples: list[Sample], probabilities: np.ndarray, method: str, min_track_frames: int = 2
 ) -> tuple[list[int], list[float], list[str]]:
-    """Targets, scores and keys per video: faces -> frame by max, frames -> video by the server's aggregate."""
-    faces: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    """Targets, scores and keys per video by the server's own rule (``verdict.video_probability``): faces ->
+    frame by its most-fake face, frames -> video by ``method``. A face's rank in its frame stands for its track
+    (the crops keep no frame coordinates to link by; rank 0, the most confident face, is the main person)."""
+    faces: dict[str, dict[int, list[FaceScore]]] = defaultdict(lambda: defaultdict(list))
+    centre: dict[str, dict[int, float]] = defaultdict(dict)
     targets: dict[str, int] = {}
     for sample, probability in zip(samples, probabilities.tolist()):
-        faces[sample.video_key][sample.row.frame].append(probability)
+        if sample.row.face < 0:
+            centre[sample.video_key][sample.row.frame] = probability
+        else:
+            faces[sample.video_key][sample.row.frame].append(
+                FaceScore((0.0, 0.0, 1.0, 1.0), 1.0, probability, sample.row.face))
         targets[sample.video_key] = sample.target
-    keys = sorted(faces)
-    scores = [aggregate([frame_probability(faces[k][f]) for f in sorted(faces[k])], method) for k in keys]
+    keys = sorted(targets)
+    scores = []
+    for key in keys:
+        frames = [FrameScore.scored(f, faces[key].get(f, []), centre[key].get(f))
+                  for f in sorted(set(faces[key]) | set(centre[key]))]
+        scores.append(video_probability(frames, method, min_track_frames))
     return [targets[k] for k in keys], scores, keys
 
 
@@ -74,7 +85,8 @@ def evaluate(
     model = load_weights(weights)
     _, probabilities = score_samples(model, Path(index).parent, samples, batch_size, pick_device(device), seed)
     frame_targets = [s.target for s in samples]
-    video_targets, video_scores, _ = per_video(samples, probabilities, settings.aggregation)
+    video_targets, video_scores, _ = per_video(samples, probabilities, settings.aggregation,
+                                                         settings.min_track_frames)
     results = {
         "weights": str(weights),
         "split": split,

@@ -105,7 +105,7 @@ def discover(root: str | Path) -> list[Source]:
 def frames_of(source: Source, options: PrepareOptions) -> tuple[list[np.ndarray], list[int]]:
     """RGB frames and their indices, decoded by the server's own decoder (videos: every Nth frame)."""
     settings = PipelineSettings(
-        frame_stride=options.frame_stride, max_frames=options.max_frames,
+        sampling=f"every_nth:{options.frame_stride}", max_frames=options.max_frames, max_decode_per_sample=10**9,
         max_bytes=1 << 40, max_video_frames=10**9, max_video_seconds=1e9,
     )
     media = decode_media(source.path.read_bytes(), settings, functools.partial(check_searchable, settings))
@@ -166,7 +166,8 @@ def prepare(
         rows = []
         for start in range(0, len(frames), 32):
             chunk = frames[start : start + 32]
-            for frame, index, faces in zip(chunk, indices[start : start + 32], detector.detect(chunk)):
+            for frame, index, found in zip(chunk, indices[start : start + 32], detector.detect(chunk)):
+                faces = found.faces
                 for number, crop, box in crops_of_frame(frame, faces, settings, options):
                     name = f"crops/{source.label.lower()}/{_safe(source.relative)}/{index:06d}_{max(number, 0)}.png"
                     (output / name).parent.mkdir(parents=True, exist_ok=True)
