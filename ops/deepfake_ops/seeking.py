@@ -6,7 +6,8 @@ The video decoder is to sample frames uniformly over a whole video instead of it
 way is fast and which returns the frame asked for. Each method fetches ``samples`` frames whose times are spread
 uniformly from the first frame to the last, as RGB arrays:
 
-* ``opencv-sequential``: one pass, ``read()`` the wanted frames and ``grab()`` the rest (the product today).
+* ``opencv-sequential``: one pass, ``read()`` the wanted frames and ``grab()`` the rest (the product's decoder
+  until whole-input coverage).
 * ``opencv-seek-frames`` / ``opencv-seek-msec``: set ``CAP_PROP_POS_FRAMES`` / ``CAP_PROP_POS_MSEC``, ``read()``.
 * ``pyav-exact``: seek to the keyframe at or before the target, decode forward to the target's timestamp.
 * ``pyav-keyframe``: the same seek, take the first frame decoded (the keyframe, up to a GOP early).
@@ -34,11 +35,11 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from deepfake_detector.media import DEMUXERS, FFMPEG_OPTIONS, sniff_format
 
 from . import load_media
 
 OPENCV_CAPTURE_OPTIONS = "protocol_whitelist;file|format_whitelist;avi,mov,matroska"
-DEMUXERS = {".mp4": "mov", ".mov": "mov", ".m4v": "mov", ".mkv": "matroska", ".webm": "matroska", ".avi": "avi"}
 PYAV_THREADS = ("AUTO", 0)
 """(``thread_type``, ``thread_count``) for PyAV's decoder; the best of those ``measure_pyav_threads`` tries."""
 THREAD_SETTINGS = [("SLICE", 0), ("FRAME", 0), ("AUTO", 0), ("FRAME", 2), ("AUTO", 1)]
@@ -85,13 +86,18 @@ class Fetched:
 
 
 def demuxer(video: Path) -> str:
-    return DEMUXERS.get(video.suffix.lower(), "mov")
+    """The demuxer the product opens this file with (from its first bytes, as the server sniffs them)."""
+    with open(video, "rb") as handle:
+        sniffed = sniff_format(handle.read(64))
+    if sniffed is None or sniffed[0] != "video":
+        raise ValueError(f"{video} is not a video the server accepts")
+    return DEMUXERS[sniffed[1]]
 
 
 def open_pyav(video: Path, thread_type: str = PYAV_THREADS[0],
               thread_count: int = PYAV_THREADS[1]) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
     """The file opened as the product must: named demuxer, file protocol only."""
-    container = av.open(str(video), format=demuxer(video), options={"protocol_whitelist": "file"})
+    container = av.open(str(video), format=demuxer(video), options=dict(FFMPEG_OPTIONS))
     stream = container.streams.video[0]
     stream.thread_type = thread_type
     stream.thread_count = thread_count

@@ -29,6 +29,14 @@ def test_benchmark_reference_and_pipeline_agree_and_the_table_renders(default_pi
     rounds = {"480p": [100.0, 110.0, 90.0], "1080p": [120.0, 120.0, 120.0], "4k": [125.0, 132.0, 117.0]}
     results.pipeline = {size: _fake_row(taken) for size, taken in rounds.items()}
     results.served = {"480p": {"steady_requests_per_s": 9.6, "p50_ms": 500, "p95_ms": 800}}
+    results.long_video = {"10 s": {"ms_per_item": 1000.0, "samples_moved": 0},
+                          "10 min": {"ms_per_item": 1200.0, "samples_moved": 29},
+                          "ratio": 1.2, "ratio_lowest": 1.1, "ratio_highest": 1.3}
+    results.face_search = {"face_photo_480p": {"ratio": 1.05, "lowest": 1.0, "highest": 1.1},
+                           "recall_after": {"recall": 1.0, "found": 43, "reference_faces": 43, "images": 36,
+                                            "missed": []},
+                           "recall_before": {"recall": 0.907, "found": 39, "reference_faces": 43, "images": 36,
+                                             "missed": ["group_1080p.jpg"] * 4}}
     results.ratios = benchmark.compute_ratios(results)
     assert results.ratios["served_over_inprocess_480p"] == pytest.approx(0.96)
     assert results.ratios["cost_4k_over_480p"] == pytest.approx(1.25)
@@ -37,6 +45,9 @@ def test_benchmark_reference_and_pipeline_agree_and_the_table_renders(default_pi
     assert "| cost 4k over 480p | 1.25 (rounds 1.20-1.30) | <= 1.3 |" in table
     assert "served: 2 workers x 1 threads; forward onnxruntime" in table
     assert "in-process, torch forward /s" in table
+    assert "| verdict 10min over 10s | 1.20 (rounds 1.10-1.30) | <= 1.5 |" in table
+    assert "| face photo 480p after over before | 1.05 (rounds 1.00-1.10) | <= 1.15 |" in table
+    assert "| face recall | 1.00 | >= 0.95 |" in table and "43/43 on 36 photos and frames" in table
 
 
 def _fake_row(rounds_ms: list[float]) -> dict:

@@ -57,11 +57,12 @@ def test_generator_makes_over_a_thousand_bad_bodies(media: type[Media]) -> None:
 
 @pytest.fixture
 def decoders_forbidden(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every pixel decoder of media.py raises: a limit checked before decoding never reaches one."""
+    """Every pixel decoder of media.py raises, and so does reading a video's packet index: a limit checked
+    from the headers never reaches one."""
     def forbidden(*_: object, **__: object) -> None:
         raise AssertionError("a decoder ran before the limit refused the body")
 
-    for name in ("_decode_jpeg", "_decode_pixels", "_sample_frames"):
+    for name in ("_decode_jpeg", "_decode_pixels", "_frame_index", "_decode_planned", "to_rgb"):
         monkeypatch.setattr(media_module, name, forbidden)
 
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import io
+from fractions import Fraction
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -233,3 +235,25 @@ def test_a_video_temp_folder_that_cannot_be_written_is_refused_up_front(tmp_path
         check_video_temp_dir()
     monkeypatch.setenv(VIDEO_TMPDIR_ENV, str(tmp_path))
     assert check_video_temp_dir() == str(tmp_path) and list(tmp_path.iterdir()) == []
+
+
+def test_frame_times_come_from_the_streams_timestamps(video_frames, tmp_path):
+    """A variable frame rate: 60 frames 40 ms apart, then 60 frames 100 ms apart (an H.264 file written with
+    those timestamps). The answer's times are the timestamps, not index / fps, and every_seconds follows them."""
+    stamps_ms = [40 * n for n in range(60)] + [2400 + 100 * n for n in range(60)]
+    path = tmp_path / "vfr.mp4"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = 176, 144, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for stamp, rgb in zip(stamps_ms, video_frames, strict=True):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = stamp, Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    decoded = decode_media(path.read_bytes(), PipelineSettings(sampling="every_seconds:1"))
+    assert decoded.frame_times == pytest.approx([float(second) for second in range(9)], abs=1e-6)
+    assert decoded.frame_indices == [0, 25, 50, 66, 76, 86, 96, 106, 116]  # 40 ms apart, then 100 ms apart
+    assert decoded.duration_s == pytest.approx(8.3)
+    for index, frame in zip(decoded.frame_indices, decoded.frames, strict=True):
+        assert np.abs(frame.astype(int) - video_frames[index].astype(int)).mean() < 4  # H.264, lossy
