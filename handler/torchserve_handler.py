@@ -103,7 +103,9 @@ class DeepfakeDetectorHandler:
         started = time.perf_counter()
         requests = [(request_body(request), request_sampling(request, _headers(context, index)))
                     for index, request in enumerate(data)]
-        extracted = [sampling if isinstance(sampling, RequestError) else body for body, sampling in requests]
+        # A request's own body error first, then its sampling's: either way that request alone is answered with it.
+        extracted = [sampling if isinstance(sampling, RequestError) and isinstance(body, bytes) else body
+                     for body, sampling in requests]
         accepted = [(body, sampling) for body, sampling in requests
                     if isinstance(body, bytes) and not isinstance(sampling, RequestError)]
         report = self.pipeline.score_batch([body for body, _ in accepted],
@@ -178,10 +180,11 @@ def request_sampling(request: dict[str, Any], headers: dict[str, str]) -> Sampli
 
 
 def _headers(context: Any, index: int) -> dict[str, str]:
-    try:
-        return dict(context.get_all_request_header(index) or {})
-    except (AttributeError, IndexError, KeyError, TypeError):
+    """The request's headers as TorchServe's context gives them (none when the context carries no requests,
+    as in a test's stand-in)."""
+    if getattr(context, "request_processor", None) is None:
         return {}
+    return dict(context.get_all_request_header(index) or {})
 
 
 def record_metrics(

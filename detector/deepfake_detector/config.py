@@ -18,15 +18,14 @@ from typing import Any, Literal, get_args
 
 from .archive import DEFAULT_MODEL_NAME
 from .errors import InputError
-from .sampling import Sampling, parse_sampling
-from .verdict import AGGREGATIONS
+from .sampling import DEFAULT_VALUES, Sampling, parse_sampling
+from .verdict import AGGREGATIONS, Aggregation
 
 DEFAULT_FACE_MARGIN = 0.3
 DEFAULT_CROP_FILTER = "area"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-Aggregation = Literal["tracks", "mean", "max", "median"]
 Forward = Literal["torch", "onnxruntime"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]
 CropFilter = Literal["area", "linear"]
@@ -111,7 +110,7 @@ class PipelineSettings:
 
     threshold: float = 0.5
     """A fake probability at or above this is reported as FAKE."""
-    sampling: str = "uniform:32"
+    sampling: str = f"uniform:{DEFAULT_VALUES['uniform']}"
     """Video: which frames are scored (``sampling``): ``uniform:N`` (N frames spread over the whole video),
     ``every_seconds:S`` or ``every_nth:K``; a request may choose another with the ``X-Deepfake-Sampling``
     header or a ``sampling`` form field."""
@@ -132,8 +131,10 @@ class PipelineSettings:
     """The longest side of the copy faces are searched on is at most this: a bound on detection's cost for
     very wide frames (a panorama), which then are searched from larger faces."""
     min_face_size: int = 24
-    """Smallest face searched for, in pixels of the frame; it is also the size the smallest face worth
-    scoring has in the detection copy, MTCNN's reliable size: the copy is scaled to make it so."""
+    """Smallest face searched for, in pixels of the copy searched: MTCNN's reliable size. The first search's
+    copy is scaled so that the smallest face worth scoring (below) is this size in it, so in frame pixels the
+    first search starts at the larger of this and ``min_face_fraction``; the second look starts at this size
+    of its own copy (24 px of a frame up to 1920x1080, 48 px of a 4K frame)."""
     min_face_fraction: float = 0.0625
     """...and faces smaller than this share of the frame's shorter side (1/16) are not searched for by the
     first search: the copy is then at most 384 px on its shorter side (24 x 16), so a 4K frame costs what a

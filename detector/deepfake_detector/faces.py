@@ -27,7 +27,6 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import cv2
 import numpy as np
@@ -40,8 +39,7 @@ from torchvision.ops.boxes import batched_nms
 from .config import PipelineSettings
 from .errors import InputError
 from .transforms import Box
-
-FaceSearch = Literal["first", "second_look", "none"]
+from .verdict import FaceSearch
 
 
 def smallest_face(width: int, height: int, settings: PipelineSettings) -> float:
@@ -140,7 +138,9 @@ class FaceDetector:
         on every frame, the second look on those where it found none."""
         first = self.search(frames, lambda w, h: detection_size(w, h, self.settings))
         found = [FrameFaces(faces, left_out, "first" if faces else "none") for faces, left_out in first]
-        faceless = [position for position, result in enumerate(found) if not result.faces]
+        faceless = [position for position, result in enumerate(found) if not result.faces
+                    and second_look_size(*_size(frames[position]), self.settings)
+                    != detection_size(*_size(frames[position]), self.settings)]  # else the same search again
         if faceless and self.settings.second_look_max_pixels:
             second = self.search([frames[p] for p in faceless],
                                  lambda w, h: second_look_size(w, h, self.settings))
@@ -168,6 +168,10 @@ class FaceDetector:
                 found[position] = select_faces(frame_boxes, frame_probs, (width / small_w, height / small_h),
                                                (width, height), self.settings)
         return found
+
+
+def _size(frame: np.ndarray) -> tuple[int, int]:
+    return frame.shape[1], frame.shape[0]
 
 
 def select_faces(

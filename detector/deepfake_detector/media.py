@@ -25,6 +25,7 @@ import bisect
 import contextlib
 import errno
 import io
+import itertools
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .config import PipelineSettings
 from .errors import InputError, RequestError, TemporaryError
-from .sampling import FrameIndex, Sampling, plan_samples, target_positions
+from .sampling import FrameIndex, Sampling, nearest_frame, plan_samples, target_positions
 from .verdict import MediaKind
 
 SizeCheck = Callable[[int, int, str], None]
@@ -74,6 +75,7 @@ class DecodedMedia:
     frame_times: list[float] = field(default_factory=list)
     duration_s: float = 0.0
     samples_moved: int = 0
+    samples_left_out: int = 0
     sampling: Sampling | None = None
 
 
@@ -255,6 +257,7 @@ def _sample_video(container: av.container.InputContainer, fmt: str, sampling: Sa
         raise InputError("corrupt_media", f"the {fmt} file has no video stream", 422)
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
+    stream.thread_count = max(1, cv2.getNumThreads())  # the worker's share of the CPUs (cpu_tuning), no more
     width, height = stream.codec_context.width, stream.codec_context.height
     fps = float(stream.average_rate) if stream.average_rate else 0.0
     announced_s = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
@@ -265,25 +268,27 @@ def _sample_video(container: av.container.InputContainer, fmt: str, sampling: Sa
     _check_video_limits(width, height, len(index), index.duration_s, settings, check_size)
     wanted = target_positions(sampling, index, settings.max_frames)
     plan = plan_samples(wanted, index, settings.max_decode_per_sample if seekable else len(index))
-    frames, positions = _decode_planned(container, stream, timestamps, index, plan)
-    if not frames:
+    budget = 2 * settings.max_decode_per_sample * settings.max_frames
+    decoded = _decode_planned(container, stream, timestamps, index, plan, budget)
+    if not decoded:
         raise InputError("no_decodable_frame", f"the {fmt} video contains no frame that could be decoded", 422)
-    moved = sum(1 for (wanted_position, _), got in zip(wanted, positions) if wanted_position != got)
-    moved += len(wanted) - len(positions)
-    height, width = frames[0].shape[:2]
-    return DecodedMedia("video", fmt, width, height, frames, positions, total_frames=len(index),
-                        fps=fps or None, frame_times=[index.times[p] for p in positions],
-                        duration_s=index.duration_s, samples_moved=moved, sampling=sampling)
+    positions = [position for _, position, _ in decoded]
+    moved = sum(position != nearest_frame(index, plan[number][1]) for number, position, _ in decoded)
+    height, width = decoded[0][2].shape[:2]
+    return DecodedMedia("video", fmt, width, height, [pixels for *_, pixels in decoded], positions,
+                        total_frames=len(index), fps=fps or None, frame_times=[index.times[p] for p in positions],
+                        duration_s=index.duration_s, samples_moved=moved,
+                        samples_left_out=len(wanted) - len(decoded), sampling=sampling)
 
 
 def _frame_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream, fps: float,
                  settings: PipelineSettings) -> tuple[FrameIndex, list[int], bool]:
     """Every frame's timestamp (presentation order) and keyframe, from the packets alone, and whether the
     decoder may seek; a stream without timestamps is indexed by frame count at its frame rate, and read
-    from its start without seeking."""
+    from its start without seeking. Packets marked discard (an edit list's pre-roll) are no frames shown."""
     packets: list[tuple[int | None, bool]] = []
     for packet in container.demux(stream):
-        if packet.size == 0:
+        if packet.size == 0 or packet.is_discard:
             continue
         packets.append((packet.pts if packet.pts is not None else packet.dts, packet.is_keyframe))
         if len(packets) > settings.max_video_frames:
@@ -305,30 +310,53 @@ def _frame_index(container: av.container.InputContainer, stream: av.video.stream
 
 
 def _decode_planned(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                    timestamps: list[int], index: FrameIndex, plan: list[tuple[int, float, bool]]
-                    ) -> tuple[list[np.ndarray], list[int]]:
-    """Decode the planned frames: seek to the keyframe before a sample when the plan says so, else decode on.
-    A frame that fails to decode is left out (the sample count says so); the others still come."""
-    frames: list[np.ndarray] = []
-    positions: list[int] = []
+                    timestamps: list[int], index: FrameIndex, plan: list[tuple[int, float, bool]], budget: int
+                    ) -> list[tuple[int, int, np.ndarray]]:
+    """(plan entry, frame position, RGB) of each planned frame that decoded, in plan order: seek to the keyframe
+    before a sample when the plan says so, else decode on. A frame that fails to decode is left out and the next
+    sample seeks afresh; after ``budget`` decoded frames (a stream read without seeking can be long) the remaining
+    samples are left out. The answer's coverage counts what was left out."""
+    decoded: list[tuple[int, int, np.ndarray]] = []
     decoder: Iterator[av.VideoFrame] | None = None
-    counted = -1  # frames produced since the start, for streams without timestamps
-    for position, _, seek in plan:
-        if decoder is None or seek:  # the index was read to the end: a first sample seeks too
-            container.seek(timestamps[index.keyframe_of[position]], stream=stream, backward=True, any_frame=False)
-            decoder = container.decode(stream)
-            counted = -1
+    next_position = 0  # presentation position of the decoder's next frame, for frames without timestamps
+    spent = 0
+    for number, (position, _, seek) in enumerate(plan):
+        if spent >= budget:
+            break
         try:
+            if decoder is None or seek:  # the index was read to the end: the first sample seeks too
+                decoder, next_position = _seek(container, stream, timestamps, index, position)
             for frame in decoder:
-                counted += 1
-                stamp = frame.pts if frame.pts is not None else counted
+                spent += 1
+                stamp = frame.pts if frame.pts is not None else timestamps[min(next_position, len(timestamps) - 1)]
+                next_position = bisect.bisect_right(timestamps, stamp)
                 if stamp >= timestamps[position]:
-                    frames.append(to_rgb(frame))
-                    positions.append(min(bisect.bisect_left(timestamps, stamp), len(timestamps) - 1))
+                    shown = next_position - 1 if timestamps[next_position - 1] == stamp else next_position
+                    decoded.append((number, min(shown, len(timestamps) - 1), to_rgb(frame)))
                     break
+                if spent >= budget:
+                    break
+            else:
+                decoder = None  # the stream ended before this sample
         except av.error.FFmpegError:
             decoder = None
-    return frames, positions
+    return decoded
+
+
+def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoStream, timestamps: list[int],
+          index: FrameIndex, position: int) -> tuple[Iterator[av.VideoFrame], int]:
+    """A decoder started at the keyframe before ``position``, and the position it starts at. A seek that lands
+    after the wanted frame (a container whose index is off) is retried one keyframe earlier."""
+    keyframe = index.keyframe_of[position]
+    while True:
+        container.seek(timestamps[keyframe], stream=stream, backward=True, any_frame=False)
+        decoder = container.decode(stream)
+        first = next(decoder, None)
+        if first is None:
+            return iter(()), keyframe
+        if first.pts is None or first.pts <= timestamps[position] or keyframe == 0:
+            return itertools.chain([first], decoder), keyframe
+        keyframe = index.keyframe_of[keyframe - 1]
 
 
 @contextlib.contextmanager
@@ -359,8 +387,15 @@ def _temp_area_error(error: OSError, where: str, size: int) -> RequestError:
 
 
 def to_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """A decoded video frame's pixels as an HxWx3 RGB array: the one conversion a sampled frame pays."""
-    return frame.to_ndarray(format="rgb24")
+    """A decoded video frame's pixels as an HxWx3 RGB array, turned upright as the container's display matrix
+    says (a phone's portrait video), as players and OpenCV show it: the one conversion a sampled frame pays."""
+    pixels = frame.to_ndarray(format="rgb24")
+    quarter_turns_clockwise = round(-frame.rotation / 90) % 4
+    return _TURNS[quarter_turns_clockwise](pixels) if quarter_turns_clockwise else pixels
+
+
+_TURNS = {1: lambda p: cv2.rotate(p, cv2.ROTATE_90_CLOCKWISE), 2: lambda p: cv2.rotate(p, cv2.ROTATE_180),
+          3: lambda p: cv2.rotate(p, cv2.ROTATE_90_COUNTERCLOCKWISE)}
 
 
 def _check_pixels(width: int, height: int, limit: int, what: str) -> None:

@@ -122,7 +122,8 @@ def target_positions(sampling: Sampling, index: FrameIndex, max_frames: int) -> 
         elif index.duration_s / sampling.value + 1 > count:  # finer than the frames: every frame
             times = list(index.times)
         else:
-            times = [sampling.value * number for number in range(int(index.duration_s / sampling.value) + 1)]
+            periods = int(index.duration_s / sampling.value + 1e-9)  # 0.3 s / 0.1 s is 3 periods, not 2.9999
+            times = [sampling.value * number for number in range(periods + 1)]
         wanted = []
         for time_s in times:
             position = _nearest(index.times, time_s)
@@ -185,6 +186,11 @@ def _cheapest_way(index: FrameIndex, position: int, decoded_up_to: int) -> tuple
     if decoded_up_to < position and position - decoded_up_to <= from_keyframe:
         return position, False, position - decoded_up_to
     return position, True, from_keyframe
+
+
+def nearest_frame(index: FrameIndex, time_s: float) -> int:
+    """The position of the frame shown nearest to ``time_s``."""
+    return _nearest(index.times, time_s)
 
 
 def _nearest(times: tuple[float, ...], time_s: float) -> int:

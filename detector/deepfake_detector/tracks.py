@@ -4,7 +4,8 @@ Samples can lie seconds apart, so linking uses geometry only: a face continues t
 overlaps it (IoU at least ``MIN_IOU``) or whose centre lies within ``MAX_CENTER_SHIFT`` box sides of its
 own. Each frame's faces are matched to tracks greedily, best match first, one face per track per frame;
 a face that continues none starts a new track. Tracks stay open for the whole video, so a person who
-leaves the picture and comes back at the same place keeps the id. Standard library only (the verdict uses it).
+leaves the picture and comes back at the same place keeps the id. Standard library only, like the verdict whose
+``track_id`` it fills.
 """
 
 from __future__ import annotations

@@ -24,14 +24,17 @@ import statistics
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from .sampling import Sampling
 
 Label = Literal["REAL", "FAKE"]
 MediaKind = Literal["image", "video"]
-AGGREGATIONS = ("tracks", "mean", "max", "median")
-FACE_SEARCHES = ("first", "second_look", "none")
+Aggregation = Literal["tracks", "mean", "max", "median"]
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+FaceSearch = Literal["first", "second_look", "none"]
+"""Which search found a frame's faces (``faces``): the first, the second look, or neither (the centre crop)."""
+FACE_SEARCHES: tuple[str, ...] = get_args(FaceSearch)
 TIME_DECIMALS = 3
 BOX_DECIMALS = 1
 """Face boxes are reported in pixels to one decimal: finer would only report MTCNN's noise."""
@@ -166,13 +169,13 @@ class FrameScore:
     index: int
     fake_probability: float
     faces: tuple[FaceScore, ...] = ()
-    face_search: str = "first"
+    face_search: FaceSearch = "first"
     faces_left_out: int = 0
     time_s: float | None = None
 
     @classmethod
     def scored(cls, index: int, faces: Sequence[FaceScore], center_probability: float | None = None,
-               face_search: str | None = None, faces_left_out: int = 0, time_s: float | None = None
+               face_search: FaceSearch | None = None, faces_left_out: int = 0, time_s: float | None = None
                ) -> FrameScore:
         """A frame scored as its most-fake face, or as its centre crop when no face was found."""
         if faces:
@@ -231,7 +234,8 @@ class Segment:
 @dataclass(frozen=True)
 class Coverage:
     """What part of a video was looked at: the first and last sampled times, the video's length (from its
-    timestamps), its frames, how many were sampled and how many samples moved to a cheaper nearby frame."""
+    timestamps), its frames, how many were sampled, how many samples moved to a cheaper nearby frame, and how
+    many the decoder could not deliver (a frame that failed to decode, or the decoding budget spent)."""
 
     start_s: float
     end_s: float
@@ -239,11 +243,12 @@ class Coverage:
     frames_total: int
     frames_sampled: int
     samples_moved: int
+    samples_left_out: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {"start_s": self.start_s, "end_s": self.end_s, "duration_s": self.duration_s,
                 "frames_total": self.frames_total, "frames_sampled": self.frames_sampled,
-                "samples_moved": self.samples_moved}
+                "samples_moved": self.samples_moved, "samples_left_out": self.samples_left_out}
 
 
 def find_segments(frames: Sequence[FrameScore], threshold: float, duration_s: float) -> list[Segment]:
@@ -456,6 +461,8 @@ def _parse_verdict(data: Any, kind: MediaKind | None, problems: list[str]) -> Ve
             return None
         if faces and abs(probability - frame_probability([face.fake_probability for face in faces])) > 1e-9:
             problems.append("fake_probability is not the most-fake face's")
+        if any(face.track_id is not None for face in faces):
+            problems.append("an image's faces carry a track_id")
         search, left_out = _parse_search(data, "", faces, problems)
         verdict = Verdict.of_image(FrameScore(0, probability, faces, search, left_out), threshold, media, model)
     else:
@@ -515,13 +522,13 @@ def _parse_faces(data: Any, where: str, problems: list[str]) -> tuple[FaceScore,
 
 
 def _parse_search(data: Mapping[str, Any], where: str, faces: tuple[FaceScore, ...], problems: list[str]
-                  ) -> tuple[str, int]:
+                  ) -> tuple[FaceSearch, int]:
     search, left_out = data.get("face_search"), data.get("faces_left_out")
     if search not in FACE_SEARCHES or (search == "none") != (not faces):
         problems.append(f"{where}face_search {search!r} with {len(faces)} face(s)")
     if not _is_int(left_out):
         problems.append(f"{where}faces_left_out is not a whole number ({left_out!r})")
-    return str(search), left_out if _is_int(left_out) else 0
+    return search if search in FACE_SEARCHES else "none", left_out if _is_int(left_out) else 0  # type: ignore
 
 
 def _parse_video(
@@ -570,6 +577,7 @@ def _parse_video(
     if data.get("sampled_frame_indices") != [frame.index for frame in frames]:
         problems.append("frames' indices differ from sampled_frame_indices")
         return None
+    _check_timeline(frames, coverage, problems)
     verdict = Verdict(probability, threshold, media, model, tuple(frames), sampling, aggregation, min_track_frames,
                       coverage)
     expected = video_probability(frames, aggregation, min_track_frames)
@@ -581,9 +589,24 @@ def _parse_video(
     return verdict
 
 
+def _check_timeline(frames: list[FrameScore], coverage: Coverage, problems: list[str]) -> None:
+    """Frames in time order within the video, one face per track in a frame, and a coverage that describes them."""
+    indices, times = [frame.index for frame in frames], [frame.time_s or 0.0 for frame in frames]
+    if indices != sorted(set(indices)) or times != sorted(times):
+        problems.append("frames are not in increasing index and time order")
+    if indices[-1] >= coverage.frames_total or times[-1] > coverage.duration_s + 1e-6:
+        problems.append("a frame lies beyond the video's frames_total or duration_s")
+    for frame in frames:
+        tracks = [face.track_id for face in frame.faces]
+        if len(tracks) != len(set(tracks)):
+            problems.append(f"frame {frame.index} has two faces in one track")
+    if (coverage.frames_sampled, coverage.start_s, coverage.end_s) != (len(frames), times[0], times[-1]):
+        problems.append("coverage does not describe the frames (frames_sampled, start_s, end_s)")
+
+
 def _parse_coverage(data: Any, problems: list[str]) -> Coverage | None:
     numbers = ("start_s", "end_s", "duration_s")
-    counts = ("frames_total", "frames_sampled", "samples_moved")
+    counts = ("frames_total", "frames_sampled", "samples_moved", "samples_left_out")
     if not (isinstance(data, Mapping) and all(_is_number(data.get(k)) and data[k] >= 0 for k in numbers)
             and all(_is_int(data.get(k)) for k in counts)):
         problems.append(f"'coverage' is missing or malformed ({data!r})")

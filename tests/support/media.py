@@ -67,3 +67,15 @@ def png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def with_display_rotation(mp4: bytes, degrees: int) -> bytes:
+    """The MP4 with its video track's display matrix set to turn the picture ``degrees`` clockwise, as a phone
+    records a portrait video (the pixels stay as stored; players turn them)."""
+    turns = {90: (0, 0x10000, 0, -0x10000, 0, 0), 180: (-0x10000, 0, 0, 0, -0x10000, 0),
+             270: (0, -0x10000, 0, 0x10000, 0, 0)}[degrees]
+    data = bytearray(mp4)
+    box = data.index(b"tkhd") + 4  # version and flags, then times, ids and sizes up to the matrix
+    matrix = box + 4 + (32 if data[box] == 1 else 20) + 8 + 8
+    data[matrix:matrix + 36] = struct.pack(">9i", *turns, 0, 0, 0x40000000)
+    return bytes(data)

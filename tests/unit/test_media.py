@@ -15,7 +15,14 @@ from deepfake_detector import media as media_module
 from deepfake_detector.media import VIDEO_TMPDIR_ENV, check_video_temp_dir, decode_media, sniff_format
 from PIL import Image, ImageOps
 
-from tests.support.media import image_bytes, load_rgb, png_header_only, read_video_frames, video_bytes
+from tests.support.media import (
+    image_bytes,
+    load_rgb,
+    png_header_only,
+    read_video_frames,
+    video_bytes,
+    with_display_rotation,
+)
 
 SETTINGS = PipelineSettings()
 
@@ -257,3 +264,17 @@ def test_frame_times_come_from_the_streams_timestamps(video_frames, tmp_path):
     assert decoded.duration_s == pytest.approx(8.3)
     for index, frame in zip(decoded.frame_indices, decoded.frames, strict=True):
         assert np.abs(frame.astype(int) - video_frames[index].astype(int)).mean() < 4  # H.264, lossy
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_phone_video_is_turned_upright_as_players_show_it(video_frames, degrees, tmp_path):
+    """A portrait phone video stores its pixels sideways and a display matrix that turns them: the frames are
+    scored as shown (OpenCV's FFmpeg backend, which turns them by default, gives the same pixels)."""
+    body = with_display_rotation(video_bytes(video_frames[:20], "mp4"), degrees)
+    decoded = decode_media(body, PipelineSettings(sampling="every_nth:10"))
+    (tmp_path / "turned.mp4").write_bytes(body)
+    shown = read_video_frames(tmp_path / "turned.mp4")
+    assert decoded.frames[0].shape == shown[0].shape == ((176, 144, 3) if degrees != 180 else (144, 176, 3))
+    assert (decoded.width, decoded.height) == (shown[0].shape[1], shown[0].shape[0])
+    for index, frame in zip(decoded.frame_indices, decoded.frames, strict=True):
+        np.testing.assert_array_equal(frame, shown[index])

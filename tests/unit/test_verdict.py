@@ -91,7 +91,7 @@ def test_a_video_verdict_aggregates_its_frames_and_lists_them() -> None:
     assert data["media"] == {"type": "video", "format": "mp4", "width": 176, "height": 144, "total_frames": 120,
                              "fps": 29.97}
     assert data["coverage"] == {"start_s": 0.0, "end_s": 0.667, "duration_s": 3.971, "frames_total": 120,
-                                "frames_sampled": 3, "samples_moved": 0}
+                                "frames_sampled": 3, "samples_moved": 0, "samples_left_out": 0}
     assert data["frames"][1] == {"index": 10, "time_s": 0.333, "fake_probability": 0.8, "face_detected": True,
                                  "face_search": "first", "faces_left_out": 0, "faces": [
         {"box": [1.0, 2.0, 50.0, 60.0], "detection_probability": 0.9999, "fake_probability": 0.8, "track_id": 0}]}
@@ -171,6 +171,9 @@ def test_validation_names_each_broken_rule() -> None:
     assert any("face_search" in p for p in broken(frames__0__face_search="third_look"))
     assert any("sampling" in p for p in broken(sampling={"policy": "every_nth", "stride": 0}))
     assert any("coverage" in p for p in broken(coverage={"start_s": 0}))
+    assert any("coverage does not describe" in p for p in broken(coverage__frames_sampled=4))
+    assert any("increasing" in p for p in broken(frames__1__time_s=5.0, frames__2__time_s=1.0))
+    assert any("beyond" in p for p in broken(coverage__frames_total=15))
     assert any("most-fake face" in p for p in broken(frames__0__fake_probability=0.25))
     assert any("sampled_frame_indices" in p for p in broken(sampled_frame_indices=[0, 10]))
     assert any("box" in p for p in broken(frames__1__faces__0__box=[50, 2, 1, 60]))

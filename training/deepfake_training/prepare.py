@@ -9,7 +9,8 @@ Two layouts are recognised:
   ``fake/`` without its suffix, so ``real/0042.mp4`` and ``fake/0042.mp4`` (or a folder ``real/person_a/``)
   stay together.
 
-Frames are decoded by ``deepfake_detector.media.decode_media`` (every ``frame_stride``-th frame), faces are
+Frames are decoded by ``deepfake_detector.media.decode_media`` (every ``frame_stride``-th frame, exactly:
+``every_nth`` sampling; past ``max_frames`` thinned evenly over the whole video), faces are
 found by ``deepfake_detector.faces.FaceDetector`` with the serving settings, and crops are cut by
 ``deepfake_detector.transforms.face_region`` / ``center_region`` / ``crop_and_resize``: the pixels a model
 is trained on are the pixels it will be served.
@@ -55,7 +56,7 @@ class PrepareOptions:
     frame_stride: int = 10
     """Video: crop every Nth frame."""
     max_frames: int = 32
-    """Video: at most this many frames per source."""
+    """Video: at most this many frames per source, spread evenly over its whole length."""
     crop_size: int = 224
     """Side of the saved crops; use the model's input size (training refuses a mismatch)."""
     face_margin: float = DEFAULT_FACE_MARGIN
