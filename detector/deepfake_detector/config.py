@@ -122,11 +122,13 @@ class PipelineSettings:
     decoder is, or from the keyframe before it), a sample dearer than this moves to a cheap frame near it
     (``sampling``); the answer gives the times actually scored."""
     aggregation: Aggregation = "tracks"
-    """Video: ``tracks``: as fake as its most-fake person (the mean over a face track of at least
-    ``min_track_frames`` sampled frames); ``mean``, ``max``, ``median``: of the sampled frames' scores."""
+    """Video: ``tracks``: as fake as its most-fake person (``verdict.track_score``: the highest level a person's
+    score holds over ``min_track_frames`` consecutive samples of them); ``mean``, ``max``, ``median``: of the
+    sampled frames' scores."""
     min_track_frames: int = 2
-    """Video, ``tracks``: a face seen in fewer sampled frames does not decide (a stray detection), unless no
-    track is that long."""
+    """Video, ``tracks``: a person decides by this many consecutive samples of them (one stray frame does not
+    flip a video), and a face seen in fewer sampled frames (a stray detection) decides only if no track is
+    that long."""
     detect_max_side: int = 1920
     """The longest side of the copy faces are searched on is at most this: a bound on detection's cost for
     very wide frames (a panorama), which then are searched from larger faces."""

@@ -14,9 +14,9 @@ keyframe it depends on, read from the container's packets without decoding a pix
 decoded exactly when the whole plan decodes at most ``max_decode_per_sample`` frames per sample on average
 (each reached from where the decoder already is, or from the keyframe before it, whichever is cheaper).
 Otherwise a sample that costs more than that moves to the nearest frame that is that cheap (a keyframe,
-or a frame just after one), unless that frame lies more than half the distance to a neighbouring sample
-away (then it is decoded exactly). So a short clip is read in one pass, a 10-minute video costs about one
-keyframe per sample, and the answer gives each time actually scored.
+or a frame just after one), unless that frame lies more than half-way to the previous sample (where it
+landed) or to the next one (then it is decoded exactly). So a short clip is read in one pass, a 10-minute
+video costs about one keyframe per sample, and the answer gives each time actually scored.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def plan_samples(wanted: list[tuple[int, float]], index: FrameIndex, max_decode_
             if not seek:
                 candidates.append((decoded_up_to + max_decode_per_sample, False))
             near, near_seek = min(candidates, key=lambda c: abs(index.times[c[0]] - target_s))
-            previous_s = wanted[number - 1][1] if number else -math.inf
+            previous_s = index.times[decoded_up_to] if decoded_up_to >= 0 else -math.inf  # where it landed
             next_s = wanted[number + 1][1] if number + 1 < len(wanted) else math.inf
             allowed = min(target_s - previous_s, next_s - target_s) / 2
             if abs(index.times[near] - target_s) <= allowed and near > decoded_up_to:

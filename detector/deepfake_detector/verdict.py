@@ -6,9 +6,9 @@ the golden requests, rollout verification, the A/B comparison, the load tests an
 with :meth:`Verdict.from_json`, which also validates it. The scoring rules live here, once:
 
 * a frame scores as its most-fake face (:func:`frame_probability`): one manipulated face makes it fake;
-* a video scores by :func:`video_probability`: by default as its most-fake person (``tracks``: the mean of
-  each face track seen in at least ``min_track_frames`` sampled frames, so one stray frame does not flip
-  it), or as the mean, max or median of its sampled frames;
+* a video scores by :func:`video_probability`: by default as its most-fake person (``tracks``: a person's
+  score is the highest level it holds over ``min_track_frames`` consecutive samples of them, so a manipulated
+  stretch anywhere counts and one stray frame does not flip it), or as the mean, max or median of its frames;
 * a video's segments are the stretches whose sampled frames score at or above the threshold
   (:func:`find_segments`);
 * FAKE when the fake probability is at or above the threshold (:func:`label_for`), and the confidence is
@@ -76,9 +76,9 @@ def video_probability(frames: Sequence[FrameScore], method: str, min_track_frame
     """A video's fake probability from its sampled frames: the one rule the server, evaluation, the golden
     requests, the A/B comparison and the load tests share.
 
-    ``tracks``: the highest track score (the mean of a track's faces) among the tracks seen in at least
-    ``min_track_frames`` frames (all tracks when none is); a video without any face scores as the mean of its
-    centre crops. ``mean``, ``max``, ``median``: of the frames' probabilities.
+    ``tracks``: the highest :func:`track_score` among the tracks seen in at least ``min_track_frames`` frames
+    (all tracks when none is); a video without any face scores as the mean of its centre crops. ``mean``,
+    ``max``, ``median``: of the frames' probabilities.
     """
     if method != "tracks":
         return aggregate([frame.fake_probability for frame in frames], method)
@@ -86,7 +86,15 @@ def video_probability(frames: Sequence[FrameScore], method: str, min_track_frame
     if not tracks:
         return aggregate([frame.fake_probability for frame in frames], "mean")
     deciding = [track for track in tracks if len(track) >= min_track_frames] or tracks
-    return max(statistics.fmean(track) for track in deciding)
+    return max(track_score(track, min_track_frames) for track in deciding)
+
+
+def track_score(probabilities: Sequence[float], min_track_frames: int) -> float:
+    """A person's fake probability: the highest level their faces' scores hold over ``min_track_frames``
+    consecutive samples of them (the best window's lowest score). A manipulated stretch of any length in a
+    long video raises it as high as the stretch scores; one stray frame cannot (its window holds a clean one)."""
+    window = max(1, min(min_track_frames, len(probabilities)))
+    return max(min(probabilities[start:start + window]) for start in range(len(probabilities) - window + 1))
 
 
 def track_probabilities(frames: Sequence[FrameScore]) -> dict[int, list[float]]:
@@ -201,7 +209,7 @@ class FrameScore:
 
 @dataclass(frozen=True)
 class Track:
-    """One person across the sampled frames: their frames, times and score (the mean of their faces)."""
+    """One person across the sampled frames: their frames, times and score (:func:`track_score`)."""
 
     id: int
     frames: tuple[int, ...]
@@ -270,15 +278,16 @@ def find_segments(frames: Sequence[FrameScore], threshold: float, duration_s: fl
     return segments
 
 
-def find_tracks(frames: Sequence[FrameScore]) -> list[Track]:
-    """The tracks the faces' ``track_id`` form, by id."""
+def find_tracks(frames: Sequence[FrameScore], min_track_frames: int = 2) -> list[Track]:
+    """The tracks the faces' ``track_id`` form, by id, each scored by :func:`track_score`."""
     members: dict[int, list[tuple[FrameScore, FaceScore]]] = defaultdict(list)
     for frame in frames:
         for face in frame.faces:
             if face.track_id is not None:
                 members[face.track_id].append((frame, face))
     return [Track(track, tuple(frame.index for frame, _ in seen),
-                  statistics.fmean(face.fake_probability for _, face in seen), seen[0][0].time_s, seen[-1][0].time_s)
+                  track_score([face.fake_probability for _, face in seen], min_track_frames), seen[0][0].time_s,
+                  seen[-1][0].time_s)
             for track, seen in sorted(members.items())]
 
 
@@ -352,7 +361,7 @@ class Verdict:
 
     @property
     def tracks(self) -> list[Track]:
-        return find_tracks(self.frames)
+        return find_tracks(self.frames, self.min_track_frames or 1)
 
     @property
     def segments(self) -> list[Segment]:

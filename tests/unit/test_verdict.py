@@ -103,14 +103,19 @@ def test_a_video_verdict_aggregates_its_frames_and_lists_them() -> None:
 
 
 def test_a_video_is_as_fake_as_its_most_fake_person() -> None:
-    """``tracks``: person 1 is fake throughout; person 0's one stray frame does not flip a real person."""
+    """``tracks``: person 1 is fake throughout; person 0's one stray frame does not flip a real person; a
+    stretch manipulated in a long video counts at its own level, where the mean would dilute it."""
     frames = people([0.1, 0.1, 0.95, 0.1, 0.1], [0.8, 0.9, 0.7, 0.85, 0.75])
-    assert video_probability(frames, "tracks") == pytest.approx(0.8)
-    assert video_probability(people([0.1, 0.1, 0.95, 0.1, 0.1]), "tracks") == pytest.approx(0.27)
+    assert video_probability(frames, "tracks") == pytest.approx(0.8)  # the best pair of samples holds 0.8
+    assert video_probability(people([0.1, 0.1, 0.95, 0.1, 0.1]), "tracks") == pytest.approx(0.1)
+    stretch = people([0.1] * 20 + [0.9, 0.95, 0.9, 0.92] + [0.1] * 8)
+    assert video_probability(stretch, "tracks") == pytest.approx(0.9)
+    assert video_probability(stretch, "mean") < 0.25
+    assert video_probability(stretch, "tracks", min_track_frames=5) == pytest.approx(0.1)
     assert video_probability(frames, "mean") == pytest.approx(sum(max(a, b) for a, b in zip(
         [0.1, 0.1, 0.95, 0.1, 0.1], [0.8, 0.9, 0.7, 0.85, 0.75])) / 5)
     # A face seen in one sampled frame only (a stray detection) does not decide while a longer track exists...
-    assert video_probability(people([0.1, 0.2, 0.1], [None, 0.99]), "tracks") == pytest.approx(0.4 / 3)
+    assert video_probability(people([0.1, 0.2, 0.1], [None, 0.99]), "tracks") == pytest.approx(0.1)
     # ...unless it is the only one; and a video with no face at all scores as the mean of its centre crops.
     assert video_probability(people([None, 0.99]), "tracks") == pytest.approx(0.99)
     faceless = [FrameScore.scored(n, [], p, time_s=n) for n, p in enumerate([0.2, 0.4])]
