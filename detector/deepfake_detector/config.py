@@ -121,6 +121,10 @@ class PipelineSettings:
     """Video: when the samples would take more decoded frames than this on average (each counted from where the
     decoder is, or from the keyframe before it), a sample dearer than this moves to a cheap frame near it
     (``sampling``); the answer gives the times actually scored."""
+    max_decoded_frames: int = 3000
+    """Video: decoding stops after this many decoded frames (a bound on a video's decoding time, whatever its
+    keyframes: about 5 s of 720p on 2 cores); samples not reached by then are left out, and the answer's coverage
+    counts them (``samples_left_out``)."""
     aggregation: Aggregation = "tracks"
     """Video: ``tracks``: as fake as its most-fake person (``verdict.track_score``: the highest level a person's
     score holds over ``min_track_frames`` consecutive samples of them); ``mean``, ``max``, ``median``: of the
@@ -186,7 +190,7 @@ class PipelineSettings:
             raise ValueError(f"precision must be one of {', '.join(get_args(Precision))}, got {self.precision!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
-        for name in ("max_frames", "max_decode_per_sample", "min_track_frames", "detect_max_side",
+        for name in ("max_frames", "max_decode_per_sample", "max_decoded_frames", "min_track_frames", "detect_max_side",
                      "max_faces_per_frame", "max_crops_per_forward", "min_face_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -268,8 +268,7 @@ def _sample_video(container: av.container.InputContainer, fmt: str, sampling: Sa
     _check_video_limits(width, height, len(index), index.duration_s, settings, check_size)
     wanted = target_positions(sampling, index, settings.max_frames)
     plan = plan_samples(wanted, index, settings.max_decode_per_sample if seekable else len(index))
-    budget = 2 * settings.max_decode_per_sample * settings.max_frames
-    decoded = _decode_planned(container, stream, timestamps, index, plan, budget)
+    decoded = _decode_planned(container, stream, timestamps, index, plan, settings.max_decoded_frames)
     if not decoded:
         raise InputError("no_decodable_frame", f"the {fmt} video contains no frame that could be decoded", 422)
     positions = [position for _, position, _ in decoded]
@@ -294,6 +293,8 @@ def _frame_index(container: av.container.InputContainer, stream: av.video.stream
         if len(packets) > settings.max_video_frames:
             raise InputError("too_many_frames", f"the video has more than {settings.max_video_frames} frames; "
                              f"the limit is {settings.max_video_frames}", 413)
+    if not packets:
+        return FrameIndex((), ()), [], False
     if any(pts is None for pts, _ in packets):
         step = 1.0 / fps if fps > 0 else 1.0
         times = tuple(step * n for n in range(len(packets)))
@@ -314,8 +315,8 @@ def _decode_planned(container: av.container.InputContainer, stream: av.video.str
                     ) -> list[tuple[int, int, np.ndarray]]:
     """(plan entry, frame position, RGB) of each planned frame that decoded, in plan order: seek to the keyframe
     before a sample when the plan says so, else decode on. A frame that fails to decode is left out and the next
-    sample seeks afresh; after ``budget`` decoded frames (a stream read without seeking can be long) the remaining
-    samples are left out. The answer's coverage counts what was left out."""
+    sample seeks afresh; after ``budget`` decoded frames (a video with few keyframes, or one read without seeking,
+    can be long) the remaining samples are left out. The answer's coverage counts what was left out."""
     decoded: list[tuple[int, int, np.ndarray]] = []
     decoder: Iterator[av.VideoFrame] | None = None
     next_position = 0  # presentation position of the decoder's next frame, for frames without timestamps

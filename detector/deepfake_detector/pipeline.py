@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,7 @@ from .verdict import TIME_DECIMALS, Coverage, FaceScore, FrameScore, MediaInfo, 
 from .weights import load_weights
 
 STAGES = ("decode", "detect", "crop", "forward")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -175,10 +177,15 @@ class DetectionPipeline:
         return time.perf_counter() - started
 
     def _decode(self, body: bytes, sampling: Sampling | None = None) -> DecodedMedia | RequestError:
+        """One body's frames, or the error it earns; a decoder failure nobody foresaw is that request's 500
+        (logged with its traceback), never the batch's."""
         try:
             return decode_media(body, self.settings, self._check_size, sampling)
         except RequestError as error:
             return error
+        except Exception as error:  # a decoder bug must not fail the other requests of the batch
+            logger.exception("decoding a %d-byte body failed unexpectedly", len(body))
+            return RequestError("decode_failed", f"the body could not be decoded: {type(error).__name__}", 500)
 
     def _plan_crops(self, request: int, frame: int, image: np.ndarray, faces: list[Face]) -> Iterator[_Crop]:
         """Where to crop: around every face, or the centre when there is none."""

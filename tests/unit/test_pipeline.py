@@ -249,3 +249,21 @@ def test_a_4k_jpeg_finds_the_face_of_the_photo_it_was_made_from(pipeline, media)
     # box edges move by that much between them (the forehead edge most).
     small_box = np.array(small_result.faces[0].box)
     assert np.abs(np.array(large_result.faces[0].box) / scale - small_box).max() < 0.1 * (small_box[3] - small_box[1])
+
+
+def test_a_decoder_failure_nobody_foresaw_fails_its_request_alone(pipeline, bodies, monkeypatch):
+    """A bug in a decoder (simulated: the real decoders raise only RequestErrors on the 1,200 malformed bodies)
+    is that request's 500 ``decode_failed``; the photos batched with it are scored."""
+    import deepfake_detector.pipeline as pipeline_module
+
+    real_decode = pipeline_module.decode_media
+
+    def decode_with_a_bug(body, *args):
+        if body == b"\x00trigger":
+            raise IndexError("list index out of range")
+        return real_decode(body, *args)
+
+    monkeypatch.setattr(pipeline_module, "decode_media", decode_with_a_bug)
+    outcomes = pipeline.score_batch([bodies["astronaut"], b"\x00trigger", bodies["grace_hopper"]]).outcomes
+    assert [getattr(o, "status", 200) for o in outcomes] == [200, 500, 200]
+    assert outcomes[1].code == "decode_failed" and "IndexError" in outcomes[1].detail
