@@ -101,17 +101,11 @@ class DeepfakeDetectorHandler:
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         assert self.pipeline is not None, "initialize() must run before handle()"
         started = time.perf_counter()
-        requests = [(request_body(request), request_sampling(request, _headers(context, index)))
-                    for index, request in enumerate(data)]
-        # A request's own body error first, then its sampling's: either way that request alone is answered with it.
-        extracted = [sampling if isinstance(sampling, RequestError) and isinstance(body, bytes) else body
-                     for body, sampling in requests]
-        accepted = [(body, sampling) for body, sampling in requests
-                    if isinstance(body, bytes) and not isinstance(sampling, RequestError)]
-        report = self.pipeline.score_batch([body for body, _ in accepted],
-                                           [sampling for _, sampling in accepted])  # type: ignore[misc]
+        inputs = [scoring_input(request, _headers(context, index)) for index, request in enumerate(data)]
+        accepted = [item for item in inputs if not isinstance(item, RequestError)]
+        report = self.pipeline.score_batch([body for body, _ in accepted], [sampling for _, sampling in accepted])
         scored = iter(report.outcomes)
-        outcomes = [body if isinstance(body, RequestError) else next(scored) for body in extracted]
+        outcomes = [item if isinstance(item, RequestError) else next(scored) for item in inputs]
 
         for index, outcome in enumerate(outcomes):
             context.set_response_content_type(index, "application/json")
@@ -132,12 +126,22 @@ class DeepfakeDetectorHandler:
         record_metrics(getattr(context, "metrics", None), (self.model_name, self.version), outcomes,
                        stage_ms, self.verdicts)
         if self.audit is not None and self.audit.enabled:
-            for index, (body, outcome) in enumerate(zip(extracted, outcomes, strict=True)):
+            for index, (item, outcome) in enumerate(zip(inputs, outcomes, strict=True)):
                 self.audit.write(audit_record(
-                    _request_id(context, index), body if isinstance(body, bytes) else None, outcome,
+                    _request_id(context, index), None if isinstance(item, RequestError) else item[0], outcome,
                     self.version, elapsed_ms,
                 ))
         return [outcome.to_json() for outcome in outcomes]
+
+
+def scoring_input(request: dict[str, Any], headers: dict[str, str]) -> tuple[bytes, Sampling | None] | RequestError:
+    """What the pipeline scores for one request (its bytes and the sampling it asks for), or the error that
+    request alone is answered with: its body's first, then its sampling's."""
+    body = request_body(request)
+    if isinstance(body, RequestError):
+        return body
+    sampling = request_sampling(request, headers)
+    return sampling if isinstance(sampling, RequestError) else (body, sampling)
 
 
 def request_body(request: dict[str, Any]) -> bytes | InputError:

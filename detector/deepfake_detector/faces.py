@@ -138,16 +138,22 @@ class FaceDetector:
         on every frame, the second look on those where it found none."""
         first = self.search(frames, lambda w, h: detection_size(w, h, self.settings))
         found = [FrameFaces(faces, left_out, "first" if faces else "none") for faces, left_out in first]
-        faceless = [position for position, result in enumerate(found) if not result.faces
-                    and second_look_size(*_size(frames[position]), self.settings)
-                    != detection_size(*_size(frames[position]), self.settings)]  # else the same search again
-        if faceless and self.settings.second_look_max_pixels:
+        faceless = [position for position, result in enumerate(found)
+                    if not result.faces and self._second_look_differs(frames[position])]
+        if faceless:
             second = self.search([frames[p] for p in faceless],
                                  lambda w, h: second_look_size(w, h, self.settings))
             for position, (faces, left_out) in zip(faceless, second):
                 if faces:
                     found[position] = FrameFaces(faces, left_out, "second_look")
         return found
+
+    def _second_look_differs(self, frame: np.ndarray) -> bool:
+        """Whether a second look at ``frame`` would search another copy than the first did (not when the
+        frame is small enough for both to search it whole, or when the second look is off)."""
+        height, width = frame.shape[:2]
+        return bool(self.settings.second_look_max_pixels) and (
+            second_look_size(width, height, self.settings) != detection_size(width, height, self.settings))
 
     def search(self, frames: list[np.ndarray], copy_size: Callable[[int, int], tuple[int, int]]
                ) -> list[tuple[list[Face], int]]:
@@ -158,7 +164,6 @@ class FaceDetector:
             height, width = frame.shape[:2]
             groups[copy_size(width, height)].append(position)
         found: list[tuple[list[Face], int]] = [([], 0) for _ in frames]
-        self.mtcnn.min_face_size = self.settings.min_face_size
         for (small_w, small_h), positions in groups.items():
             batch = np.stack([shrink(frames[p], small_w, small_h) for p in positions])
             with torch.inference_mode():
@@ -168,10 +173,6 @@ class FaceDetector:
                 found[position] = select_faces(frame_boxes, frame_probs, (width / small_w, height / small_h),
                                                (width, height), self.settings)
         return found
-
-
-def _size(frame: np.ndarray) -> tuple[int, int]:
-    return frame.shape[1], frame.shape[0]
 
 
 def select_faces(

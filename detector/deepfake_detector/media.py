@@ -390,13 +390,12 @@ def _temp_area_error(error: OSError, where: str, size: int) -> RequestError:
 def to_rgb(frame: av.VideoFrame) -> np.ndarray:
     """A decoded video frame's pixels as an HxWx3 RGB array, turned upright as the container's display matrix
     says (a phone's portrait video), as players and OpenCV show it: the one conversion a sampled frame pays."""
-    pixels = frame.to_ndarray(format="rgb24")
     quarter_turns_clockwise = round(-frame.rotation / 90) % 4
-    return _TURNS[quarter_turns_clockwise](pixels) if quarter_turns_clockwise else pixels
+    return upright(frame.to_ndarray(format="rgb24"), _EXIF_ORIENTATION_OF_TURNS[quarter_turns_clockwise])
 
 
-_TURNS = {1: lambda p: cv2.rotate(p, cv2.ROTATE_90_CLOCKWISE), 2: lambda p: cv2.rotate(p, cv2.ROTATE_180),
-          3: lambda p: cv2.rotate(p, cv2.ROTATE_90_COUNTERCLOCKWISE)}
+_EXIF_ORIENTATION_OF_TURNS = (1, 6, 3, 8)
+"""The EXIF orientation (``upright``) that turns a picture by 0, 1, 2 or 3 quarter turns clockwise."""
 
 
 def _check_pixels(width: int, height: int, limit: int, what: str) -> None:

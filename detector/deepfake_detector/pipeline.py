@@ -216,8 +216,8 @@ class DetectionPipeline:
         settings = self.settings
         if m.kind == "image":
             return Verdict.of_image(frames[0], settings.threshold, media, self.model_info)
-        coverage = Coverage(frames[0].time_s or 0.0, frames[-1].time_s or 0.0, round(m.duration_s, TIME_DECIMALS),
-                            m.total_frames or len(frames), len(frames), m.samples_moved, m.samples_left_out)
+        coverage = Coverage(round(m.duration_s, TIME_DECIMALS), m.total_frames or len(frames), m.samples_moved,
+                            m.samples_left_out)
         return Verdict.of_video(frames, settings.threshold, media, self.model_info,
                                 m.sampling or settings.default_sampling, settings.aggregation,
                                 settings.min_track_frames, coverage)

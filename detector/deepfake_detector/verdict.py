@@ -82,11 +82,11 @@ def video_probability(frames: Sequence[FrameScore], method: str, min_track_frame
     """
     if method != "tracks":
         return aggregate([frame.fake_probability for frame in frames], method)
-    tracks = list(track_probabilities(frames).values())
+    tracks = find_tracks(frames, min_track_frames)
     if not tracks:
         return aggregate([frame.fake_probability for frame in frames], "mean")
-    deciding = [track for track in tracks if len(track) >= min_track_frames] or tracks
-    return max(track_score(track, min_track_frames) for track in deciding)
+    deciding = [track for track in tracks if len(track.frames) >= min_track_frames] or tracks
+    return max(track.fake_probability for track in deciding)
 
 
 def track_score(probabilities: Sequence[float], min_track_frames: int) -> float:
@@ -95,16 +95,6 @@ def track_score(probabilities: Sequence[float], min_track_frames: int) -> float:
     long video raises it as high as the stretch scores; one stray frame cannot (its window holds a clean one)."""
     window = max(1, min(min_track_frames, len(probabilities)))
     return max(min(probabilities[start:start + window]) for start in range(len(probabilities) - window + 1))
-
-
-def track_probabilities(frames: Sequence[FrameScore]) -> dict[int, list[float]]:
-    """Each track's faces' fake probabilities, in frame order, by track id."""
-    tracks: dict[int, list[float]] = defaultdict(list)
-    for frame in frames:
-        for face in frame.faces:
-            if face.track_id is not None:
-                tracks[face.track_id].append(face.fake_probability)
-    return dict(tracks)
 
 
 def label_for(fake_probability: float, threshold: float) -> Label:
@@ -241,21 +231,19 @@ class Segment:
 
 @dataclass(frozen=True)
 class Coverage:
-    """What part of a video was looked at: the first and last sampled times, the video's length (from its
-    timestamps), its frames, how many were sampled, how many samples moved to a cheaper nearby frame, and how
-    many the decoder could not deliver (a frame that failed to decode, or the decoding budget spent)."""
+    """What the frames alone do not say of the part of a video looked at: its length (from its timestamps) and
+    frames, how many samples moved to a cheaper nearby frame, and how many the decoder could not deliver (a
+    frame that failed to decode, or the decoding budget spent). The answer's ``coverage`` block adds the first
+    and last sampled times and the number of samples, from the frames (:meth:`to_json`)."""
 
-    start_s: float
-    end_s: float
     duration_s: float
     frames_total: int
-    frames_sampled: int
-    samples_moved: int
+    samples_moved: int = 0
     samples_left_out: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        return {"start_s": self.start_s, "end_s": self.end_s, "duration_s": self.duration_s,
-                "frames_total": self.frames_total, "frames_sampled": self.frames_sampled,
+    def to_json(self, frames: Sequence[FrameScore]) -> dict[str, Any]:
+        return {"start_s": frames[0].time_s, "end_s": frames[-1].time_s, "duration_s": self.duration_s,
+                "frames_total": self.frames_total, "frames_sampled": len(frames),
                 "samples_moved": self.samples_moved, "samples_left_out": self.samples_left_out}
 
 
@@ -412,7 +400,7 @@ class Verdict:
         else:
             assert self.sampling is not None and self.coverage is not None
             data |= {"sampling": self.sampling.to_json(), "aggregation": self.aggregation,
-                     "min_track_frames": self.min_track_frames, "coverage": self.coverage.to_json(),
+                     "min_track_frames": self.min_track_frames, "coverage": self.coverage.to_json(self.frames),
                      "sampled_frame_indices": self.sampled_frame_indices,
                      "segments": [segment.to_json() for segment in self.segments],
                      "tracks": [track.to_json() for track in self.tracks],
@@ -555,7 +543,8 @@ def _parse_video(
         problems.append(f"'aggregation' {aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
     if not _is_int(min_track_frames, 1):
         problems.append(f"'min_track_frames' is missing or not a whole number >= 1 ({min_track_frames!r})")
-    coverage = _parse_coverage(data.get("coverage"), problems)
+    coverage_data = data.get("coverage")
+    coverage = _parse_coverage(coverage_data, problems)
     if not isinstance(frames_data, list):
         problems.append(f"'frames' is missing or not a list ({type(frames_data).__name__})")
         return None
@@ -587,6 +576,8 @@ def _parse_video(
         problems.append("frames' indices differ from sampled_frame_indices")
         return None
     _check_timeline(frames, coverage, problems)
+    if coverage_data != coverage.to_json(frames):
+        problems.append("coverage does not describe the frames (frames_sampled, start_s, end_s)")
     verdict = Verdict(probability, threshold, media, model, tuple(frames), sampling, aggregation, min_track_frames,
                       coverage)
     expected = video_probability(frames, aggregation, min_track_frames)
@@ -599,7 +590,7 @@ def _parse_video(
 
 
 def _check_timeline(frames: list[FrameScore], coverage: Coverage, problems: list[str]) -> None:
-    """Frames in time order within the video, one face per track in a frame, and a coverage that describes them."""
+    """Frames in time order within the video, and one face per track in a frame."""
     indices, times = [frame.index for frame in frames], [frame.time_s or 0.0 for frame in frames]
     if indices != sorted(set(indices)) or times != sorted(times):
         problems.append("frames are not in increasing index and time order")
@@ -609,8 +600,6 @@ def _check_timeline(frames: list[FrameScore], coverage: Coverage, problems: list
         tracks = [face.track_id for face in frame.faces]
         if len(tracks) != len(set(tracks)):
             problems.append(f"frame {frame.index} has two faces in one track")
-    if (coverage.frames_sampled, coverage.start_s, coverage.end_s) != (len(frames), times[0], times[-1]):
-        problems.append("coverage does not describe the frames (frames_sampled, start_s, end_s)")
 
 
 def _parse_coverage(data: Any, problems: list[str]) -> Coverage | None:
@@ -620,7 +609,7 @@ def _parse_coverage(data: Any, problems: list[str]) -> Coverage | None:
             and all(_is_int(data.get(k)) for k in counts)):
         problems.append(f"'coverage' is missing or malformed ({data!r})")
         return None
-    return Coverage(*(float(data[k]) for k in numbers), *(data[k] for k in counts))
+    return Coverage(float(data["duration_s"]), data["frames_total"], data["samples_moved"], data["samples_left_out"])
 
 
 def _is_number(value: Any) -> bool:

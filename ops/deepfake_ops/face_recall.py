@@ -25,8 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
+from deepfake_detector.config import PipelineSettings
+from deepfake_detector.media import decode_media
+from deepfake_detector.tracks import iou
 from facenet_pytorch import MTCNN
 from PIL import Image
 
@@ -78,16 +80,6 @@ def reference_faces(image: np.ndarray, mtcnn: MTCNN | None = None) -> list[BoxTu
         if clipped[3] - clipped[1] >= min_height:
             faces.append(clipped)
     return faces
-
-
-def iou(a: BoxTuple, b: BoxTuple) -> float:
-    """Intersection over union of two (x1, y1, x2, y2) boxes; 0 when either is empty."""
-    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    intersection = width * height
-    union = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1]) + max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
-    union -= intersection
-    return intersection / union if union > 0 else 0.0
 
 
 def match(reference: list[BoxTuple], detected: list[BoxTuple], threshold: float = MATCH_IOU) -> list[bool]:
@@ -149,22 +141,10 @@ def measure_recall(
 
 
 def video_frames(path: Path, stride: int) -> list[tuple[int, np.ndarray]]:
-    """(index, RGB frame) of every ``stride``-th frame of a video, decoded with OpenCV."""
-    capture = cv2.VideoCapture(str(path))
-    frames, index = [], 0
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if index % stride == 0:
-                frames.append((index, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)))
-            index += 1
-    finally:
-        capture.release()
-    if not frames:
-        raise ValueError(f"no frames could be read from {path}")
-    return frames
+    """(index, RGB frame) of every ``stride``-th frame of a video, as the server decodes them."""
+    settings = PipelineSettings(sampling=f"every_nth:{stride}", max_frames=PipelineSettings().max_video_frames)
+    decoded = decode_media(path.read_bytes(), settings)
+    return list(zip(decoded.frame_indices, decoded.frames, strict=True))
 
 
 def load_rgb(path: Path) -> np.ndarray:

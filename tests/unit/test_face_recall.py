@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from deepfake_ops.face_recall import RecallReport, iou, measure_recall, reference_faces, reference_mtcnn
+from deepfake_detector.tracks import iou
+from deepfake_ops.face_recall import RecallReport, measure_recall, reference_faces, reference_mtcnn
 
 from tests.support import assert_on_face
 from tests.support.media import load_rgb

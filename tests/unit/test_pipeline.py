@@ -166,7 +166,10 @@ def test_video_reports_exactly_the_sampled_frames(pipeline, bodies):
     frame_scores = [frame.fake_probability for frame in result.frames]
     assert result.fake_probability == pytest.approx(max(map(min, itertools.pairwise(frame_scores))))
     assert result.media.total_frames == 120 and result.aggregation == "tracks"
-    assert result.coverage == Coverage(0.0, 3.971, 3.971, 120, 32, 0, 0)
+    assert result.coverage == Coverage(3.971, 120, 0, 0)
+    assert result.to_json()["coverage"] == {"start_s": 0.0, "end_s": 3.971, "duration_s": 3.971,
+                                            "frames_total": 120, "frames_sampled": 32, "samples_moved": 0,
+                                            "samples_left_out": 0}
 
 
 def test_a_request_may_choose_its_sampling(pipeline, bodies):

@@ -30,7 +30,7 @@ def video(probabilities: list[float], aggregation: str = "mean") -> Verdict:
     frames = [FrameScore.scored(10 * n, [FaceScore.reported((1, 2, 50, 60), 0.999912, p, 0)], time_s=n / 3)
               for n, p in enumerate(probabilities)]
     media = MediaInfo("video", "mp4", 176, 144, total_frames=120, fps=29.97)
-    coverage = Coverage(0.0, frames[-1].time_s, 3.971, 120, len(frames), 0)
+    coverage = Coverage(3.971, 120)
     return Verdict.of_video(frames, 0.5, media, MODEL, Sampling("every_nth", 10), aggregation, 2, coverage)
 
 
