@@ -2,6 +2,7 @@
 # TorchServe's own 0.12.0 images ship 3.9):
 #   docker build -t deepfake-detector:cpu .                     (make docker)
 #   docker build --target gpu -t deepfake-detector:gpu .        (make docker VARIANT=gpu)
+# The job service's image, without torch or Java, is the `jobs` target below.
 # torch 2.14.1 from PyPI carries its own CUDA 13.0 runtime (the nvidia-* wheels it pins), so both variants
 # install the same packages and the GPU one's torch and CUDA always match; a GPU node needs an NVIDIA
 # driver for CUDA 13.0 (R580 or newer) and the NVIDIA container runtime. The archives in model_store/ are
@@ -46,6 +47,45 @@ ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/srv/deepfake/bin/entrypoint.sh"]
 # through the device plugin), never every GPU of the node; TorchServe spreads the workers over what it sees.
 FROM base AS gpu
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# The job service (jobs/deepfake_jobs): the job API by default, a Celery worker with another command
+# (deploy/deepfake-jobs.yaml). It plans and cuts videos and sends the pieces to TorchServe, so it has neither
+# torch nor Java: requirements-jobs.txt, and of the checkout only the two packages it imports.
+#   docker build --target jobs -t deepfake-jobs:0.1.0 .
+FROM python:3.11-slim-bookworm AS jobs
+
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tini \
+    && rm -rf /var/lib/apt/lists/*
+
+COPY requirements-jobs.txt /tmp/requirements-jobs.txt
+RUN python -m pip install --no-cache-dir -r /tmp/requirements-jobs.txt \
+    && rm /tmp/requirements-jobs.txt
+
+# Copied, not pip-installed: pyproject.toml installs all four packages, and the other two need torch.
+# The run folder (uploads, api_keys.json) and TorchServe's key folder are volumes in a pod.
+ENV APP_HOME=/srv/deepfake \
+    PYTHONPATH=/srv/deepfake/lib \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    DEEPFAKE_JOBS_RUN_DIR=/srv/deepfake/var/jobs \
+    DEEPFAKE_JOBS_TORCHSERVE_RUN_DIR=/srv/deepfake/var/torchserve/run \
+    DEEPFAKE_JOBS_API_HOST=0.0.0.0 \
+    DEEPFAKE_JOBS_API_PORT=8090
+COPY detector/deepfake_detector/ /srv/deepfake/lib/deepfake_detector/
+COPY jobs/deepfake_jobs/ /srv/deepfake/lib/deepfake_jobs/
+COPY deploy/image/prepare.sh /srv/deepfake/bin/prepare.sh
+RUN /srv/deepfake/bin/prepare.sh
+
+USER 10001
+WORKDIR /srv/deepfake/var
+EXPOSE 8090
+# tini without -g: a SIGTERM reaches Celery's main process alone, which stops taking tasks and waits for the
+# pieces in flight; sent to the whole group it would kill the pool's processes mid-piece.
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["sh", "-c", \
+     "exec uvicorn deepfake_jobs.api:app --host \"$DEEPFAKE_JOBS_API_HOST\" --port \"$DEEPFAKE_JOBS_API_PORT\""]
 
 # The CPU variant, the default target (last stage). It carries the same CUDA libraries, unused.
 FROM base AS cpu

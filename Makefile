@@ -9,19 +9,19 @@ NAME ?= deepfake_detector
 MAR := model_store/$(NAME)-$(VERSION).mar
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help install java tini mar serve stop status test test-fast lint clean
+.PHONY: help install java tini redis mar serve jobs stop status test test-fast lint clean
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt requirements-serving.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-serving.txt requirements-jobs.txt pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed java tini  ## Create .venv with the pinned requirements (and Java and tini if missing)
+install: $(VENV)/.installed java tini redis  ## Create .venv with the pinned requirements (and Java, tini, redis-server if missing)
 
 java:  ## Make sure Java 11+ is on PATH (TorchServe's frontend), installing it with apt-get if needed
 	@command -v java >/dev/null || { command -v apt-get >/dev/null && \
@@ -32,6 +32,11 @@ tini:  ## Make sure tini (the image's PID 1) is on PATH for the image tests, ins
 	@command -v tini >/dev/null || { command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq tini) || \
 		echo "warning: no tini (apt-get install tini): tests/server/test_image.py will be skipped"; }
+
+redis:  ## Make sure redis-server (the job service's broker and store) is on PATH, installing it with apt-get if needed
+	@command -v redis-server >/dev/null || { command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq redis-server) || \
+		{ echo "the job service needs redis-server: apt-get install redis-server"; exit 1; }; }
 
 mar: install  ## Build model_store/$(NAME)-$(VERSION).mar (WEIGHTS=file.safetensors, default: untrained seeded)
 	$(PY) -m deepfake_ops.build_mar --name $(NAME) --version $(VERSION) $(if $(WEIGHTS),--weights $(WEIGHTS))
@@ -47,28 +52,33 @@ $(MAR): $(ARCHIVE_SOURCES)
 serve: install $(MAR)  ## Start TorchServe on 127.0.0.1:8080 with the default model, wait for READY, print a curl
 	$(PY) -m deepfake_ops.server start --model $(NAME) --archive $(notdir $(MAR))
 
-stop:  ## Stop the server started by `make serve`; waits until no process is left
-	@if [ -x $(PY) ]; then $(PY) -m deepfake_ops.server stop; else echo "nothing to stop"; fi
+jobs: install  ## Start Redis, the Celery workers and the job API (127.0.0.1:8090) beside `make serve`'s server
+	$(PY) -m deepfake_jobs.service start
+
+stop:  ## Stop what `make serve` and `make jobs` started; waits until no process is left
+	@if [ -x $(PY) ]; then $(PY) -m deepfake_jobs.service stop && $(PY) -m deepfake_ops.server stop; \
+		else echo "nothing to stop"; fi
 
 status:  ## Show the running server's versions and workers
 	$(PY) -m deepfake_ops.server status --model $(NAME)
 
-test: install  ## Every test: tests/unit, tests/handler (no Java), then tests/server (real TorchServe on loopback)
-	$(PY) -m pytest -v tests/unit tests/handler tests/server
+test: install  ## Every test: tests/unit, tests/handler (no Java), tests/server (real TorchServe), tests/jobs (+ Redis, Celery)
+	$(PY) -m pytest -v tests/unit tests/handler tests/server tests/jobs
 
 test-fast: install  ## tests/unit and tests/handler: no server, no Java
 	$(PY) -m pytest -v tests/unit tests/handler
 
 lint: install  ## ruff
-	$(VENV)/bin/ruff check detector handler ops loadtests scripts tests training
+	$(VENV)/bin/ruff check detector handler jobs ops loadtests scripts tests training
 
 clean:  ## Remove built archives, run folders and caches (keeps .venv)
 	rm -rf model_store/*.mar .run reports .pytest_cache
 
-.PHONY: loadtest benchmark load-media soak
+.PHONY: loadtest loadtest-jobs benchmark load-media soak
 LOADTEST_USERS ?= 4
 LOADTEST_TIME ?= 60s
 LOADTEST_CLASS ?= MixedUser
+LOADTEST_JOB_USERS ?= 1
 
 load-media: install  ## Make the load-test media (480p/1080p/4K photos, 720p clip) from real media into reports/media
 	$(PY) -m deepfake_ops.load_media
@@ -76,6 +86,10 @@ load-media: install  ## Make the load-test media (480p/1080p/4K photos, 720p cli
 loadtest: install $(MAR)  ## Headless Locust run (LOADTEST_CLASS/USERS/TIME): CSV, HTML and PNG under reports/loadtest, one summary line
 	$(PY) -m deepfake_ops.loadtest --user-class $(LOADTEST_CLASS) --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
 		--model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
+
+loadtest-jobs: install $(MAR)  ## 480p photos' p95 alone, then beside LOADTEST_JOB_USERS long-video jobs (LOADTEST_USERS/TIME per phase); `make jobs`'s service or a private one
+	$(PY) -m deepfake_ops.loadtest --with-jobs --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
+		--job-users $(LOADTEST_JOB_USERS) --model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
 
 SOAK_MINUTES ?= 12
 soak: install $(MAR)  ## Memory soak (SOAK_MINUTES, mixed heavy traffic on a private server): each worker's RSS after warm-up and at the end

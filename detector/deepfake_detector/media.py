@@ -251,13 +251,40 @@ def decode_video(body: bytes, fmt: str, settings: PipelineSettings, check_size: 
             container.close()
 
 
-def _sample_video(container: av.container.InputContainer, fmt: str, sampling: Sampling, settings: PipelineSettings,
-                  check_size: SizeCheck | None) -> DecodedMedia:
+@dataclass(frozen=True)
+class VideoIndex:
+    """A video's stream as the packets describe it, before any pixel is decoded: its coded size, frame rate,
+    frame index (``sampling.FrameIndex``), each frame's timestamp in stream units, and whether it may seek."""
+
+    width: int
+    height: int
+    fps: float
+    frames: FrameIndex
+    timestamps: list[int] = field(repr=False)
+    seekable: bool
+
+
+def index_video(path: str | os.PathLike[str], fmt: str, settings: PipelineSettings,
+                check_size: SizeCheck | None = None) -> VideoIndex:
+    """Index a video file without decoding it, with the same demuxer, options and limits a request's video
+    gets (the job service plans a long video's samples from this before any piece of it is scored)."""
+    try:
+        container = av.open(str(path), format=DEMUXERS[fmt], options=dict(FFMPEG_OPTIONS))
+    except (av.error.FFmpegError, UnicodeDecodeError) as error:
+        raise InputError("corrupt_media", f"the {fmt} video could not be opened: {error}", 422) from error
+    try:
+        return _index(container, fmt, settings, check_size)
+    except av.error.FFmpegError as error:
+        raise InputError("corrupt_media", f"the {fmt} video could not be read: {error}", 422) from error
+    finally:
+        container.close()
+
+
+def _index(container: av.container.InputContainer, fmt: str, settings: PipelineSettings,
+           check_size: SizeCheck | None) -> VideoIndex:
     if not container.streams.video:
         raise InputError("corrupt_media", f"the {fmt} file has no video stream", 422)
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    stream.thread_count = max(1, cv2.getNumThreads())  # the worker's share of the CPUs (cpu_tuning), no more
     width, height = stream.codec_context.width, stream.codec_context.height
     fps = float(stream.average_rate) if stream.average_rate else 0.0
     announced_s = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
@@ -266,8 +293,19 @@ def _sample_video(container: av.container.InputContainer, fmt: str, sampling: Sa
     if not timestamps:
         raise InputError("no_decodable_frame", f"the {fmt} video contains no frame", 422)
     _check_video_limits(width, height, len(index), index.duration_s, settings, check_size)
+    return VideoIndex(width, height, fps, index, timestamps, seekable)
+
+
+def _sample_video(container: av.container.InputContainer, fmt: str, sampling: Sampling, settings: PipelineSettings,
+                  check_size: SizeCheck | None) -> DecodedMedia:
+    video = _index(container, fmt, settings, check_size)
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    stream.thread_count = max(1, cv2.getNumThreads())  # the worker's share of the CPUs (cpu_tuning), no more
+    index, timestamps, seekable, fps = video.frames, video.timestamps, video.seekable, video.fps
     wanted = target_positions(sampling, index, settings.max_frames)
-    plan = plan_samples(wanted, index, settings.max_decode_per_sample if seekable else len(index))
+    exact = not seekable or sampling.policy == "at_frames"  # at_frames were planned by the caller: never moved
+    plan = plan_samples(wanted, index, len(index) if exact else settings.max_decode_per_sample)
     decoded = _decode_planned(container, stream, timestamps, index, plan, settings.max_decoded_frames)
     if not decoded:
         raise InputError("no_decodable_frame", f"the {fmt} video contains no frame that could be decoded", 422)

@@ -32,9 +32,8 @@ from .faces import Face, FaceDetector, FrameFaces, check_searchable
 from .media import DecodedMedia, decode_media
 from .runtimes import Runtime, select_runtime
 from .sampling import Sampling
-from .tracks import link_tracks
 from .transforms import Region, center_region, crop_and_resize, face_region, normalize
-from .verdict import TIME_DECIMALS, Coverage, FaceScore, FrameScore, MediaInfo, ModelInfo, Verdict
+from .verdict import TIME_DECIMALS, Coverage, FaceScore, FrameScore, MediaInfo, ModelInfo, Verdict, relink_tracks
 from .weights import load_weights
 
 STAGES = ("decode", "detect", "crop", "forward")
@@ -201,13 +200,10 @@ class DetectionPipeline:
         found: dict[tuple[int, int], FrameFaces],
     ) -> Verdict:
         scored = [scores[(request, position)] for position in range(len(m.frames))]
-        track_ids = (link_tracks([[crop.face.box for crop, _ in frame if crop.face is not None] for frame in scored])
-                     if m.kind == "video" else [[None] * len(frame) for frame in scored])
         frames = []
         for position, index in enumerate(m.frame_indices):
-            with_faces = [(crop, p) for crop, p in scored[position] if crop.face is not None]
-            faces = [FaceScore.reported(crop.face.box, crop.face.probability, p, track)  # type: ignore[union-attr]
-                     for (crop, p), track in zip(with_faces, track_ids[position])]
+            faces = [FaceScore.reported(crop.face.box, crop.face.probability, p)  # type: ignore[union-attr]
+                     for crop, p in scored[position] if crop.face is not None]
             center = next((p for crop, p in scored[position] if crop.face is None), None)
             search = found[(request, position)]
             frames.append(FrameScore.scored(index, faces, center, search.search, search.left_out,
@@ -218,7 +214,7 @@ class DetectionPipeline:
             return Verdict.of_image(frames[0], settings.threshold, media, self.model_info)
         coverage = Coverage(round(m.duration_s, TIME_DECIMALS), m.total_frames or len(frames), m.samples_moved,
                             m.samples_left_out)
-        return Verdict.of_video(frames, settings.threshold, media, self.model_info,
+        return Verdict.of_video(relink_tracks(frames), settings.threshold, media, self.model_info,
                                 m.sampling or settings.default_sampling, settings.aggregation,
                                 settings.min_track_frames, coverage)
 

@@ -5,7 +5,10 @@ Policies (``PipelineSettings.sampling``, overridable per request, see :func:`par
 * ``uniform:N``: N frames spread evenly from the first frame to the last (N = 32 by default, as SBI, the DFDC
   winner and DeepfakeBench sample), so a verdict covers the whole length of any video;
 * ``every_seconds:S``: one frame every S seconds from the first, for a timeline at a known pace;
-* ``every_nth:K``: frames 0, K, 2K, ...: short clips, and training's frame extraction.
+* ``every_nth:K``: frames 0, K, 2K, ...: short clips, and training's frame extraction;
+* ``at_frames:P,Q,...``: exactly the frames at those positions (0 is the first), decoded exactly, never moved:
+  the job service (``deepfake_jobs``) plans a long video's samples once and sends each piece of it with the
+  positions to score.
 
 At most ``max_frames`` samples: more are thinned evenly over the video, never cut at its end.
 
@@ -24,31 +27,46 @@ from __future__ import annotations
 import bisect
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from .errors import InputError
 
-Policy = Literal["uniform", "every_seconds", "every_nth"]
+Policy = Literal["uniform", "every_seconds", "every_nth", "at_frames"]
 POLICIES: tuple[str, ...] = get_args(Policy)
 SAMPLING_HEADER = "X-Deepfake-Sampling"
 SAMPLING_FIELD = "sampling"
-_VALUE_NAMES = {"uniform": "frames", "every_seconds": "seconds", "every_nth": "stride"}
+_VALUE_NAMES = {"uniform": "frames", "every_seconds": "seconds", "every_nth": "stride", "at_frames": "positions"}
 DEFAULT_VALUES = {"uniform": 32, "every_seconds": 1.0, "every_nth": 10}
-"""The value a policy named without one takes (``uniform`` alone is ``uniform:32``)."""
+"""The value a policy named without one takes (``uniform`` alone is ``uniform:32``); ``at_frames`` has none."""
+MAX_POSITIONS = 1024
+"""The most positions one ``at_frames`` request may list (a header stays a few kilobytes)."""
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """A policy and its value: the number of frames (uniform), seconds between frames, or the stride."""
+    """A policy and its value: the number of frames (uniform), seconds between frames, the stride, or for
+    ``at_frames`` the frame positions (``positions``; ``value`` is their count)."""
 
     policy: Policy
     value: float
+    positions: tuple[int, ...] = ()
+
+    @classmethod
+    def at_frames(cls, positions: Sequence[int]) -> Sampling:
+        """Exactly these frames (sorted, each once)."""
+        unique = tuple(sorted(set(positions)))
+        return check_sampling(cls("at_frames", len(unique), unique))
 
     def __str__(self) -> str:
+        if self.policy == "at_frames":
+            return "at_frames:" + ",".join(map(str, self.positions))
         return f"{self.policy}:{self.value:g}"
 
     def to_json(self) -> dict[str, Any]:
+        if self.policy == "at_frames":
+            return {"policy": self.policy, "positions": list(self.positions)}
         value = float(self.value) if self.policy == "every_seconds" else int(self.value)
         return {"policy": self.policy, _VALUE_NAMES[self.policy]: value}
 
@@ -57,12 +75,27 @@ class Sampling:
         """The form :meth:`to_json` writes; raises ValueError for anything else."""
         if not isinstance(data, dict) or data.get("policy") not in POLICIES:
             raise ValueError(f"sampling {data!r} names no policy of {', '.join(POLICIES)}")
+        if data["policy"] == "at_frames":
+            positions = data.get("positions")
+            if not isinstance(positions, list) or not all(_is_position(p) for p in positions):
+                raise ValueError(f"at_frames needs a list of frame positions, got {positions!r}")
+            return cls.at_frames(positions)
         return check_sampling(cls(data["policy"], data.get(_VALUE_NAMES[data["policy"]])))
+
+
+def _is_position(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def check_sampling(sampling: Sampling) -> Sampling:
     """``sampling`` if its value suits its policy; ValueError if not. (A policy that asks for more frames than
     ``max_frames`` is not wrong: its samples are thinned, and the coverage says how many were scored.)"""
+    if sampling.policy == "at_frames":
+        if not sampling.positions or not all(_is_position(p) for p in sampling.positions):
+            raise ValueError("at_frames needs one or more frame positions (whole numbers from 0)")
+        if len(sampling.positions) > MAX_POSITIONS:
+            raise ValueError(f"at_frames lists {len(sampling.positions)} positions; at most {MAX_POSITIONS}")
+        return sampling
     value = sampling.value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{sampling.policy} needs a positive {_VALUE_NAMES[sampling.policy]}, got {value!r}")
@@ -72,14 +105,19 @@ def check_sampling(sampling: Sampling) -> Sampling:
 
 
 def parse_sampling(text: str) -> Sampling:
-    """``policy`` or ``policy:value`` (``uniform:32``, ``every_seconds:2``, ``every_nth:10``) from a request;
-    a value that cannot be used is the request's 400 ``bad_sampling``."""
+    """``policy`` or ``policy:value`` (``uniform:32``, ``every_seconds:2``, ``every_nth:10``,
+    ``at_frames:0,250,500``) from a request; a value that cannot be used is the request's 400 ``bad_sampling``."""
     policy, _, raw = text.strip().partition(":")
     policy = policy.strip()
     if policy not in POLICIES:
         raise InputError("bad_sampling", f"unknown sampling policy {policy!r}; use one of {', '.join(POLICIES)}, "
                          "e.g. uniform:32, every_seconds:2 or every_nth:10", 400)
     try:
+        if policy == "at_frames":
+            items = [item.strip() for item in raw.split(",")]
+            if not all(item.isdigit() for item in items):
+                raise ValueError("at_frames needs frame positions as whole numbers from 0, e.g. at_frames:0,250,500")
+            return Sampling.at_frames([int(item) for item in items])
         value = float(raw) if raw.strip() else float(DEFAULT_VALUES[policy])
         return check_sampling(Sampling(policy, value))  # type: ignore[arg-type]
     except ValueError as error:
@@ -112,6 +150,15 @@ def target_positions(sampling: Sampling, index: FrameIndex, max_frames: int) -> 
     count = len(index)
     if count == 0:
         return []
+    if sampling.policy == "at_frames":
+        beyond = [position for position in sampling.positions if position >= count]
+        if beyond:
+            raise InputError("bad_sampling", f"at_frames asks for frame {beyond[0]}, beyond the video's {count} "
+                             "frames", 422)
+        if len(sampling.positions) > max_frames:
+            raise InputError("bad_sampling", f"at_frames lists {len(sampling.positions)} positions; this version "
+                             f"scores at most {max_frames} frames per request", 400)
+        return [(position, index.times[position]) for position in sampling.positions]
     if sampling.policy == "every_nth":
         wanted = [(position, index.times[position]) for position in range(0, count, int(sampling.value))]
     else:

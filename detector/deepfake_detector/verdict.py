@@ -9,6 +9,7 @@ with :meth:`Verdict.from_json`, which also validates it. The scoring rules live 
 * a video scores by :func:`video_probability`: by default as its most-fake person (``tracks``: a person's
   score is the highest level it holds over ``min_track_frames`` consecutive samples of them, so a manipulated
   stretch anywhere counts and one stray frame does not flip it), or as the mean, max or median of its frames;
+* a video's faces are linked into tracks from their reported boxes (:func:`relink_tracks`);
 * a video's segments are the stretches whose sampled frames score at or above the threshold
   (:func:`find_segments`);
 * FAKE when the fake probability is at or above the threshold (:func:`label_for`), and the confidence is
@@ -19,6 +20,7 @@ Standard library only, so a load-test client can import it without the network's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections import defaultdict
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from .sampling import Sampling
+from .tracks import link_tracks
 
 Label = Literal["REAL", "FAKE"]
 MediaKind = Literal["image", "video"]
@@ -264,6 +267,16 @@ def find_segments(frames: Sequence[FrameScore], threshold: float, duration_s: fl
                                     times[peak], frames[peak].fake_probability, len(run)))
             start = None
     return segments
+
+
+def relink_tracks(frames: Sequence[FrameScore]) -> list[FrameScore]:
+    """The frames with every face's ``track_id`` linked afresh from the reported boxes (``tracks``), in order:
+    the server links a video's faces this way, and so does the job service for a timeline it merges from
+    pieces of a video, so both give the same ids."""
+    ids = link_tracks([[face.box for face in frame.faces] for frame in frames])
+    return [dataclasses.replace(frame, faces=tuple(dataclasses.replace(face, track_id=track)
+                                                   for face, track in zip(frame.faces, frame_ids, strict=True)))
+            for frame, frame_ids in zip(frames, ids, strict=True)]
 
 
 def find_tracks(frames: Sequence[FrameScore], min_track_frames: int = 2) -> list[Track]:

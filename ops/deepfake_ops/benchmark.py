@@ -3,6 +3,7 @@
     deepfake-benchmark            # `make benchmark`
     deepfake-benchmark --quick    # fewer repetitions, shorter Locust runs, one forward runtime
     deepfake-benchmark --sweep    # also serve 1080p photos under several batchSize/delay/worker settings
+    deepfake-benchmark --quick --only jobs   # one part alone (network, pipeline, served, coverage, jobs)
 
 Parts, all on the untrained seeded weights that `make mar` packs (speed does not depend on training):
 
@@ -17,7 +18,13 @@ Parts, all on the untrained seeded weights that `make mar` packs (speed does not
     --quick also with the other forward runtime. Sizes, reference and runtimes are timed in turns, one
     sample of each per round (median of the rounds), so that drift of the machine's speed shifts them alike;
 (c) the same inputs served by a private TorchServe (an archive built by build_mar.build_archive from
-    config/model-config.yaml) at saturation, driven by Locust.
+    config/model-config.yaml) at saturation, driven by Locust;
+(d) whole-input coverage: a 32-frame verdict on a 10-minute 720p video against a 10 s one, the ways to seek,
+    the face search before and after;
+(e) the job path: the 10-minute 720p video (60 s with --quick) submitted as a job (a private TorchServe as in
+    (c) behind a private job service: Redis, the Celery workers, the job API), submit to done, against the same
+    sampling (every_seconds:5) scored in-process on the same frames, in turns; both must score the same frame
+    indices.
 
 It prints a markdown table ready for the README, the ratios served / in-process, in-process / reference,
 per-image cost of 1080p and 4K over 480p, and stride 10 over stride 1, and writes the figures as JSON to
@@ -45,6 +52,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import cv2
 import numpy as np
+import requests
 import torch
 import yaml
 from deepfake_detector.architecture import DeepfakeDetector
@@ -54,16 +62,19 @@ from deepfake_detector.cpu_tuning import available_cpus, keep_freed_memory, thre
 from deepfake_detector.media import decode_media
 from deepfake_detector.pipeline import DetectionPipeline
 from deepfake_detector.runtimes import OnnxRuntimeForward
+from deepfake_detector.sampling import Sampling, parse_sampling
 from deepfake_detector.transforms import crop_and_resize, face_region, normalize
 from deepfake_detector.untrained import build_detector
+from deepfake_detector.verdict import Verdict
 from deepfake_detector.weights import load_weights, save_weights
+from deepfake_jobs.settings import JobSettings
 from facenet_pytorch import MTCNN
 from PIL import Image
 
 from . import face_recall, load_media, seeking
 from .build_mar import DEFAULT_SERVING_CONFIG, build_archive
 from .load_media import DEFAULT_MEDIA_DIR, LoadMedia, make_load_media, resize_photo
-from .loadtest import run_locust, start_private_server, warm_up
+from .loadtest import JobService, run_locust, start_private_jobs, start_private_server, warm_up
 from .packaged import CHELSEA
 from .paths import REPORTS
 
@@ -71,6 +82,7 @@ REPORT_DIR = REPORTS / "benchmark"
 MODEL_NAME = DEFAULT_MODEL_NAME
 IMAGE_SIZES = ("480p", "1080p", "4k")
 REFERENCE_DETECT_SIDE = 640
+SECTIONS = ("network", "pipeline", "served", "coverage", "jobs")
 
 
 @dataclass
@@ -101,6 +113,7 @@ class Results:
     freed_memory: dict[str, dict[str, float]] = field(default_factory=dict)
     served: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
+    jobs: dict[str, Any] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -550,6 +563,105 @@ def other_forward(results: Results) -> str:
     return "torch" if results.settings.get("forward") == "onnxruntime" else "onnxruntime"
 
 
+# ---------------------------------------------------------------- (e) the job path
+
+JOB_SAMPLING = "every_seconds:5"
+JOB_POLL_S = 0.2
+
+
+def bench_jobs(archive: Path, run_dir: Path, pipeline: DetectionPipeline, media_dir: Path, seconds: float,
+               repeats: int) -> dict[str, Any]:
+    """A ``seconds``-long 720p video through the job path, submit to done, and in-process on the same sampling,
+    in turns (after one 10 s video through each, so that neither pays first-call costs).
+
+    In-process is ``pipeline`` (the served settings, one process with every core) with the job's planning
+    limits: no cap on samples or decoded frames and the job's ``max_decode_per_sample``, so that it scores the
+    frames the job plans; it is checked that both scored the same frame indices.
+    """
+    planning = JobSettings()
+    local = variant(pipeline, max_frames=planning.max_samples, max_decoded_frames=10**9, max_bytes=1 << 30,
+                    max_video_seconds=planning.max_video_seconds, max_video_frames=planning.max_video_frames,
+                    max_decode_per_sample=planning.max_decode_per_sample)
+    sampling = parse_sampling(JOB_SAMPLING)
+    video, warm = load_media.long_video(media_dir, seconds), load_media.long_video(media_dir, 10)
+    instance = start_private_server(run_dir / "torchserve", archive)
+    service: JobService | None = None
+    try:
+        service = start_private_jobs(run_dir / "jobs", instance, MODEL_NAME)
+        _job_through(service, warm)
+        _in_process(local, warm.read_bytes(), sampling)
+        body = video.read_bytes()
+        jobs, local_runs = [], []
+        for _ in range(repeats):
+            jobs.append(_job_through(service, video))
+            local_runs.append(_in_process(local, body, sampling))
+    finally:
+        if service is not None:
+            service.stop()
+        instance.stop()
+    served, scored = jobs[-1]["verdict"], local_runs[-1]["verdict"]
+    for run in (*jobs, *local_runs):
+        if run["verdict"].sampled_frame_indices != scored.sampled_frame_indices:
+            raise AssertionError(f"the job path and in-process scored different frames: "
+                                 f"{run['verdict'].sampled_frame_indices} != {scored.sampled_frame_indices}")
+    frames = len(scored.sampled_frame_indices)
+    job_s, local_s = [run["seconds"] for run in jobs], [run["seconds"] for run in local_runs]
+    # job fps / in-process fps on the same frames is in-process seconds / job seconds, round by round.
+    ratio, low, high = paired_ratio(local_s, job_s)
+    difference = max((abs(a.fake_probability - b.fake_probability) for a, b in zip(served.frames, scored.frames)),
+                     default=0.0)
+    result = {
+        "video": video.name, "video_seconds": seconds, "sampling": JOB_SAMPLING, "frames": frames,
+        "workers": planning.workers, "piece_samples": planning.piece_samples,
+        "job": {"rounds_s": job_s, "median_s": statistics.median(job_s), "fps": frames / statistics.median(job_s),
+                "upload_s": [run["upload_s"] for run in jobs], "pieces": jobs[-1]["pieces"],
+                "queued_to_end_s": [run["queued_to_end_s"] for run in jobs]},
+        "in_process": {"rounds_s": local_s, "median_s": statistics.median(local_s),
+                       "fps": frames / statistics.median(local_s)},
+        "ratio": ratio, "ratio_lowest": low, "ratio_highest": high, "same_frames": True,
+        "max_abs_prob_diff": difference,
+    }
+    print(f"  job path {video.name} ({JOB_SAMPLING}, {frames} frames, {jobs[-1]['pieces']} pieces): submit to done "
+          f"{result['job']['median_s']:.1f} s = {result['job']['fps']:.2f} frames/s (upload and index "
+          f"{statistics.median(result['job']['upload_s']):.1f} s); in-process {result['in_process']['median_s']:.1f} s "
+          f"= {result['in_process']['fps']:.2f} frames/s; job / in-process x{ratio:.2f}; same frames; max |dp| "
+          f"{difference:.1e}", flush=True)
+    return result
+
+
+def _job_through(service: JobService, video: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
+    """One job of ``video``: seconds from the upload's start to the poll that saw it done, and its verdict."""
+    headers = {"Authorization": f"Bearer {service.key}"}
+    started = time.perf_counter()
+    with open(video, "rb") as body:
+        submitted = requests.post(f"{service.url}/jobs", data=body, params={"sampling": JOB_SAMPLING},
+                                  headers=headers | {"Content-Type": "application/octet-stream"}, timeout=600)
+    upload_s = time.perf_counter() - started
+    if submitted.status_code != 202:
+        raise RuntimeError(f"the job API answered HTTP {submitted.status_code}: {submitted.text[:500]}")
+    job_id = submitted.json()["id"]
+    while True:
+        status = requests.get(f"{service.url}/jobs/{job_id}", headers=headers, timeout=30).json()
+        if status["state"] in ("done", "failed", "cancelled"):
+            break
+        if time.perf_counter() - started > timeout_s:
+            raise RuntimeError(f"job {job_id} not done after {timeout_s:.0f} s: {status['progress']}")
+        time.sleep(JOB_POLL_S)
+    seconds = time.perf_counter() - started
+    if status["state"] != "done":
+        raise RuntimeError(f"job {job_id} {status['state']}: {status.get('error')}")
+    answer = requests.get(f"{service.url}/jobs/{job_id}/result", headers=headers, timeout=60)
+    answer.raise_for_status()
+    return {"seconds": seconds, "upload_s": upload_s, "queued_to_end_s": status["ended_at"] - status["queued_at"],
+            "pieces": status["progress"]["pieces_total"], "verdict": Verdict.from_json(answer.json(), "video")}
+
+
+def _in_process(pipeline: DetectionPipeline, body: bytes, sampling: Sampling) -> dict[str, Any]:
+    started = time.perf_counter()
+    verdict = pipeline.score(body, sampling)
+    return {"seconds": time.perf_counter() - started, "verdict": verdict}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -559,11 +671,12 @@ def markdown(results: Results, command: str) -> str:
     lines = [f"Command: `{command}` ({results.machine['when']}, {results.machine['cpus']} CPU cores, "
              f"{results.machine['gpu'] or 'no GPU'}; in-process: one process, {results.machine['torch_threads']} "
              f"threads; served: {settings['workers']} workers x {settings['threads_per_worker']} threads; forward "
-             f"{settings['forward']}, batchSize {settings['batchSize']}, maxBatchDelay {settings['maxBatchDelay']} ms)",
-             "",
-             "| input | decode | detect | crop | forward | in-process /s | reference /s | in-process / reference "
-             f"| served /s | p50 / p95 ms | served / in-process | in-process, {other_forward(results)} forward /s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{settings['forward']}, batchSize {settings['batchSize']}, maxBatchDelay {settings['maxBatchDelay']} ms)"]
+    if results.pipeline:  # absent when --only leaves part (b) out
+        lines += ["", "| input | decode | detect | crop | forward | in-process /s | reference /s "
+                  "| in-process / reference | served /s | p50 / p95 ms | served / in-process "
+                  f"| in-process, {other_forward(results)} forward /s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, row in results.pipeline.items():
         stages = row["pipeline"]["stages_ms"]
         served = results.served.get(name, {})
@@ -577,10 +690,12 @@ def markdown(results: Results, command: str) -> str:
             + f"| {served_rate:.2f} | {served.get('p50_ms', nan):.0f} / {served.get('p95_ms', nan):.0f} "
             + f"| {served_rate / row['pipeline']['per_s']:.2f} "
             + f"| {row.get('pipeline_other_forward', {}).get('per_s', nan):.2f} |")
-    lines += ["", "Stage columns are in-process milliseconds per image (per request for the video).", "",
-              "| network batch | pipeline forward img/s | eager fp32 NCHW img/s | max abs prob diff "
-              "| ONNX Runtime img/s | its max abs prob diff |",
-              "|---|---|---|---|---|---|"]
+    if results.pipeline:
+        lines += ["", "Stage columns are in-process milliseconds per image (per request for the video)."]
+    if results.network:
+        lines += ["", "| network batch | pipeline forward img/s | eager fp32 NCHW img/s | max abs prob diff "
+                  "| ONNX Runtime img/s | its max abs prob diff |",
+                  "|---|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['pipeline_img_s']:.1f} | {r['eager_nchw_img_s']:.1f} "
               f"| {r['max_abs_prob_diff']:.1e} | {r.get('onnxruntime_img_s', nan):.1f} "
               f"| {r.get('onnxruntime_max_abs_prob_diff', nan):.1e} |" for r in results.network]
@@ -590,7 +705,7 @@ def markdown(results: Results, command: str) -> str:
                         ("served_over_inprocess_4k", ">= 0.95"), ("inprocess_over_reference_480p", ">= 1.5"),
                         ("inprocess_over_reference_1080p", ">= 1.5"), ("cost_1080p_over_480p", "<= 1.3"),
                         ("cost_4k_over_480p", "<= 1.3"), ("video_stride10_over_stride1", "<= 0.25"),
-                        ("verdict_10min_over_10s", "<= 1.5"),
+                        ("verdict_10min_over_10s", "<= 1.5"), ("job_over_inprocess_fps", ">= 0.8"),
                         *((f"face_photo_{size}_after_over_before", "<= 1.15") for size in IMAGE_SIZES),
                         ("face_photo_group_after_over_before", "-"), ("face_recall", ">= 0.95"),
                         ("face_recall_before", "-"),
@@ -600,11 +715,12 @@ def markdown(results: Results, command: str) -> str:
                       if key + "_lowest" in ratios else "")
             lines.append(f"| {key.replace('_', ' ')} | {ratios[key]:.2f}{spread} | {target} |")
     quality = results.quality
-    lines += ["", f"Quality: same faces as the reference on every photo: {not quality['mismatches']} "
-              f"(largest box difference {quality['max_box_diff_px']:.1f} px of the 640 px detection copy; the "
-              f"reference searches from 20 px faces, the pipeline from min_face_size); largest fake-probability "
-              f"difference from eager fp32 on the same crops {quality['max_prob_diff']:.1e}; carphone frames with "
-              f"a face {quality['video_frames_with_face']}."]
+    if quality:
+        lines += ["", f"Quality: same faces as the reference on every photo: {not quality['mismatches']} "
+                  f"(largest box difference {quality['max_box_diff_px']:.1f} px of the 640 px detection copy; the "
+                  f"reference searches from 20 px faces, the pipeline from min_face_size); largest fake-probability "
+                  f"difference from eager fp32 on the same crops {quality['max_prob_diff']:.1e}; carphone frames "
+                  f"with a face {quality['video_frames_with_face']}."]
     if results.seeking:
         lines += ["", "| 32 frames spread over | method | ms per sampled frame | exact frames | largest time error s |",
                   "|---|---|---|---|---|"]
@@ -618,6 +734,16 @@ def markdown(results: Results, command: str) -> str:
         lines += ["", f"32-frame verdict (uniform:32), 720p H.264: 10 s clip {short['ms_per_item']:.0f} ms, "
                   f"10-minute video {long['ms_per_item']:.0f} ms; samples moved to a cheaper nearby frame: "
                   f"{short['samples_moved']} and {long['samples_moved']} of 32."]
+    if results.jobs:
+        jobs = results.jobs
+        lines += ["", f"Job path ({jobs['workers']} Celery worker processes, pieces of {jobs['piece_samples']} "
+                  f"samples, the served archive's TorchServe): {jobs['video']} (720p H.264), {jobs['sampling']}, "
+                  f"{jobs['frames']} frames in {jobs['job']['pieces']} pieces: submit to done "
+                  f"{jobs['job']['median_s']:.1f} s = {jobs['job']['fps']:.2f} frames/s (upload and index "
+                  f"{statistics.median(jobs['job']['upload_s']):.1f} s of it); in-process on the same frames "
+                  f"{jobs['in_process']['median_s']:.1f} s = {jobs['in_process']['fps']:.2f} frames/s; same frame "
+                  f"indices: {'yes' if jobs['same_frames'] else 'no'}, largest fake-probability difference "
+                  f"{jobs['max_abs_prob_diff']:.1e}."]
     if "recall_after" in results.face_search:
         after, before = results.face_search["recall_after"], results.face_search["recall_before"]
         lines += ["", f"Face recall against facenet-pytorch's MTCNN at full resolution (faces it finds with p >= 0.95, "
@@ -649,13 +775,17 @@ def compute_ratios(results: Results) -> dict[str, float]:
         if "speedup" in row:
             ratios[f"inprocess_over_reference_{name}"] = row["speedup"]
     # Sizes are timed in the same rounds: the ratio of each round, then their median (and range, for the report).
-    base = results.pipeline["480p"]["pipeline"]["rounds_ms"]
-    for size in ("1080p", "4k"):
+    for size in ("1080p", "4k") if "480p" in results.pipeline else ():
+        base = results.pipeline["480p"]["pipeline"]["rounds_ms"]
         median, low, high = paired_ratio(results.pipeline[size]["pipeline"]["rounds_ms"], base)
         ratios[f"cost_{size}_over_480p"] = median
         ratios[f"cost_{size}_over_480p_lowest"], ratios[f"cost_{size}_over_480p_highest"] = low, high
     if results.video_stride:
         ratios["video_stride10_over_stride1"] = results.video_stride["ratio"]
+    if results.jobs:
+        ratios["job_over_inprocess_fps"] = results.jobs["ratio"]
+        ratios["job_over_inprocess_fps_lowest"] = results.jobs["ratio_lowest"]
+        ratios["job_over_inprocess_fps_highest"] = results.jobs["ratio_highest"]
     if results.long_video:
         ratios["verdict_10min_over_10s"] = results.long_video["ratio"]
         ratios["verdict_10min_over_10s_lowest"] = results.long_video["ratio_lowest"]
@@ -680,11 +810,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, shorter served runs")
     parser.add_argument("--sweep", action="store_true", help="also sweep batchSize / maxBatchDelay / workers")
     parser.add_argument("--skip-served", action="store_true", help="in-process parts only (no TorchServe)")
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run this part alone (repeatable): (a) network, (b) pipeline, (c) served, (d) coverage, "
+                        "(e) jobs; its figures go to latest-<parts>.json/.md, not latest.json")
     parser.add_argument("--served-time", default=None, help="Locust run time per served input (default 30s, quick 15s)")
     parser.add_argument("--users", type=int, default=None, help="Locust users (default 2 x batchSize x workers)")
     parser.add_argument("--report-dir", type=Path, default=REPORT_DIR)
     args = parser.parse_args(argv)
     started = time.monotonic()
+    parts = [part for part in SECTIONS if part in (args.only or SECTIONS)]
+    if args.skip_served:
+        parts = [part for part in parts if part not in ("served", "jobs")]  # both need TorchServe
     repeats = 2 if args.quick else 7
     run_time = args.served_time or ("15s" if args.quick else "30s")
 
@@ -720,23 +856,28 @@ def main(argv: list[str] | None = None) -> int:
                   "threads_per_worker": served_threads, "forward": pipeline.settings.forward,
                   "users": users, "served_time": run_time, "handler": serving.get("handler")},
     )
-    print("(a) network alone", flush=True)
-    results.network = bench_network(pipelines["torch"], reference_model, [1, 8] if args.quick else [1, 4, 8, 16],
-                                    repeats, onnx_forward)
-    print(f"(b) pipeline in-process ({pipeline.settings.forward} forward, {threads} threads) vs reference", flush=True)
-    results.pipeline = bench_pipeline(pipeline, reference, media, batch, repeats, alternative)
-    results.quality = compare_quality(pipeline, reference, media)
-    results.video_stride = bench_video_stride(pipeline, media, max(1, repeats // 2))
-    print("(d) whole-input coverage: long videos, seeking, the face search", flush=True)
-    results.long_video = bench_long_video(pipeline, DEFAULT_MEDIA_DIR, max(1, repeats // 2))
-    results.seeking = bench_seeking_methods(DEFAULT_MEDIA_DIR, max(1, repeats // 3))
-    results.face_search = bench_face_search(pipeline, media, batch, repeats)
-    if settings.keep_freed_mb > 0:
-        results.freed_memory = bench_freed_memory(media, settings.keep_freed_mb, repeats)
-    if not args.skip_served:
+    if "network" in parts:
+        print("(a) network alone", flush=True)
+        results.network = bench_network(pipelines["torch"], reference_model, [1, 8] if args.quick else [1, 4, 8, 16],
+                                        repeats, onnx_forward)
+    if "pipeline" in parts:
+        print(f"(b) pipeline in-process ({pipeline.settings.forward} forward, {threads} threads) vs reference",
+              flush=True)
+        results.pipeline = bench_pipeline(pipeline, reference, media, batch, repeats, alternative)
+        results.quality = compare_quality(pipeline, reference, media)
+        results.video_stride = bench_video_stride(pipeline, media, max(1, repeats // 2))
+    if "coverage" in parts:
+        print("(d) whole-input coverage: long videos, seeking, the face search", flush=True)
+        results.long_video = bench_long_video(pipeline, DEFAULT_MEDIA_DIR, max(1, repeats // 2))
+        results.seeking = bench_seeking_methods(DEFAULT_MEDIA_DIR, max(1, repeats // 3))
+        results.face_search = bench_face_search(pipeline, media, batch, repeats)
+        if settings.keep_freed_mb > 0:
+            results.freed_memory = bench_freed_memory(media, settings.keep_freed_mb, repeats)
+    store = args.report_dir / "store"
+    archive = build_archive("bench", weights, MODEL_NAME, store) if {"served", "jobs"} & set(parts) else None
+    if "served" in parts:
+        assert archive is not None
         print(f"(c) served by TorchServe, Locust {users} users x {run_time} per input", flush=True)
-        store = args.report_dir / "store"
-        archive = build_archive("bench", weights, MODEL_NAME, store)
         results.served = bench_served(archive, args.report_dir / "run", media, users, run_time)
         if args.sweep:
             for number, config in enumerate(sweep_configs(args.quick)):
@@ -746,17 +887,26 @@ def main(argv: list[str] | None = None) -> int:
                 row = bench_served_one(swept, args.report_dir / f"run-sweep{number}", media,
                                        max(users, 2 * config["batchSize"] * config["minWorkers"]), run_time)
                 results.sweep.append(config | row)
+    if "jobs" in parts:
+        assert archive is not None
+        seconds = 60.0 if args.quick else 600.0
+        print(f"(e) the job path: a {seconds:g} s 720p video as a job against in-process, {JOB_SAMPLING}", flush=True)
+        results.jobs = bench_jobs(archive, args.report_dir / "run-jobs", pipeline, DEFAULT_MEDIA_DIR, seconds,
+                                  max(1, repeats // 3))
     results.ratios = compute_ratios(results)
 
-    command = "deepfake-benchmark" + (" --quick" if args.quick else "") + (" --sweep" if args.sweep else "")
+    command = ("deepfake-benchmark" + (" --quick" if args.quick else "") + (" --sweep" if args.sweep else "")
+               + "".join(f" --only {part}" for part in args.only or ()))
     table = markdown(results, command)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    # Some parts alone do not replace the whole benchmark's latest figures.
+    suffix = "" if args.only is None else "-" + "-".join(part for part in SECTIONS if part in args.only)
     payload = json.dumps(results.__dict__, indent=2, default=float)
-    (args.report_dir / f"benchmark-{stamp}.json").write_text(payload)
-    (args.report_dir / "latest.json").write_text(payload)
-    (args.report_dir / "latest.md").write_text(table + "\n")
+    (args.report_dir / f"benchmark-{stamp}{suffix}.json").write_text(payload)
+    (args.report_dir / f"latest{suffix}.json").write_text(payload)
+    (args.report_dir / f"latest{suffix}.md").write_text(table + "\n")
     print("\n" + table)
-    print(f"\nwritten: {args.report_dir / 'latest.json'}, {args.report_dir / 'latest.md'} "
+    print(f"\nwritten: {args.report_dir / f'latest{suffix}.json'}, {args.report_dir / f'latest{suffix}.md'} "
           f"({time.monotonic() - started:.0f} s)")
     return 0
 

@@ -2,28 +2,52 @@
 
     deepfake-loadtest                      # `make loadtest`: MixedUser, 4 users, 60 s
     deepfake-loadtest --users 8 --time 120s --user-class ImageUser --model-version 2.0
+    deepfake-loadtest --with-jobs          # `make loadtest-jobs`: photos alone, then beside long-video jobs
 
 If a server started by ``make serve`` is running (``.run/``), it is the target (its token is read from
 ``.run/key_file.json``). Otherwise a private TorchServe is started on free loopback ports in
 ``reports/loadtest/run`` with ``model_store/deepfake_detector-1.0.mar`` (built if missing) and stopped at
 the end. Locust runs as a subprocess (it monkey-patches sockets; this process keeps plain ``requests``).
+
+``--with-jobs`` asks what long videos scored as jobs cost the photos served beside them: ImageUser alone
+(``--users``, ``--time``), then the same ImageUsers with ``--job-users`` JobUsers submitting a long 720p video
+(``--job-seconds``, made once into ``reports/media``) for the same time, in one Locust process each. It
+prints the photos' p95 of both phases and jobs finished per minute, and writes them as JSON beside the CSVs.
+The job service is ``make jobs``'s when it runs beside ``make serve``'s server; otherwise a private one
+(Redis, a Celery worker, the job API on free ports, in ``reports/loadtest/jobs-run``) in front of the server
+used, stopped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from deepfake_detector.archive import DEFAULT_MODEL_NAME, archive_path
+from deepfake_jobs.keys import DEFAULT_KEY_NAME, KeyRing, ensure_key_file
+from deepfake_jobs.service import (
+    ManagedProcess,
+    celery_worker,
+    job_api,
+    parts,
+    redis_server,
+    wait_for_api,
+    wait_for_redis,
+)
+from deepfake_jobs.settings import PREFIX, JobSettings
 
 from .build_mar import build_archive
-from .load_media import DEFAULT_MEDIA_DIR, make_load_media
+from .load_media import DEFAULT_MEDIA_DIR, PHOTO_HEIGHTS, long_video, make_load_media
 from .paths import MODEL_STORE, REPO, REPORTS, RUN_DIR
 from .torchserve import TorchServeInstance, free_port
 
@@ -55,15 +79,18 @@ class LocustSummary:
 
 
 def run_locust(
-    host: str, token: str, csv_prefix: Path, user_class: str = "MixedUser", users: int = 4, run_time: str = "60s",
-    html: Path | None = None, extra_env: dict[str, str] | None = None, warmup_s: float = 5.0,
+    host: str, token: str, csv_prefix: Path, user_class: str | Sequence[str] = "MixedUser", users: int = 4,
+    run_time: str = "60s", html: Path | None = None, extra_env: dict[str, str] | None = None, warmup_s: float = 5.0,
 ) -> LocustSummary:
-    """One headless Locust run as a subprocess; returns its summary (raises if Locust itself failed)."""
+    """One headless Locust run as a subprocess; returns its summary (raises if Locust itself failed).
+
+    ``user_class``: one class or several run side by side (``users`` counts them all)."""
     csv_prefix.parent.mkdir(parents=True, exist_ok=True)
+    classes = [user_class] if isinstance(user_class, str) else list(user_class)
     command = [str(Path(sys.executable).parent / "locust"), "-f", str(LOCUSTFILE), "--headless",
                "-u", str(users), "-r", str(users), "-t", run_time, "--host", host,
                "--csv", str(csv_prefix), "--csv-full-history", "--only-summary", "--loglevel", "WARNING",
-               "--stop-timeout", "120", user_class]
+               "--stop-timeout", "120", *classes]
     if html is not None:
         command[1:1] = ["--html", str(html)]
     env = dict(os.environ) | {"DFD_TOKEN": token} | (extra_env or {})
@@ -170,19 +197,235 @@ def warm_up(instance: TorchServeInstance, model: str, version: str | None, body:
             raise RuntimeError(f"warm-up request answered HTTP {answer.status}: {answer.body}")
 
 
+# ---------------------------------------------------------------- photos beside long-video jobs
+
+JOB_SAMPLING = "every_seconds:5"
+JOB_VIDEO_SECONDS = 180.0
+P95_RATIO_TARGET = 1.5
+
+
+@dataclass
+class JobService:
+    """A job API the JobUsers submit to: ``make jobs``'s (no ``processes``: never stopped here), or a private one
+    this run started and stops."""
+
+    url: str
+    key: str
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def stop(self) -> None:
+        for process in self.processes:  # the API, the worker, then Redis
+            process.stop(timeout_s=30)
+
+
+def _default_key(ring: KeyRing) -> str:
+    found = next((key for key in ring.all() if key.name == DEFAULT_KEY_NAME), None)
+    if found is None:
+        raise RuntimeError(f"no {DEFAULT_KEY_NAME!r} key in {ring.path} (python -m deepfake_jobs.keys list)")
+    return found.key
+
+
+def shared_job_service() -> JobService | None:
+    """``make jobs``'s service (``DEEPFAKE_JOBS_*`` settings, its default key) when its parts run, else None."""
+    settings = JobSettings.from_env()
+    if not settings.key_file.exists():  # never started here; parts() would write a Redis folder for nothing
+        return None
+    server, (worker, api), _ = parts(settings)
+    if worker.pid() is None or api.pid() is None or (server is not None and server.pid() is None):
+        return None
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    wait_for_api(url, timeout_s=10, process=api)
+    return JobService(url, _default_key(KeyRing(settings.key_file)))
+
+
+def start_private_jobs(run_dir: Path, instance: TorchServeInstance, model: str = DEFAULT_MODEL_NAME,
+                       **overrides: Any) -> JobService:
+    """Redis, a Celery worker and the job API on free loopback ports in ``run_dir``, in front of ``instance``,
+    as ``make jobs`` starts them; ``overrides`` are JobSettings fields. The caller stops it."""
+    for name in ("api", "worker", "redis"):  # left running by a run that was killed
+        ManagedProcess(name, [], run_dir).stop(timeout_s=30)
+    shutil.rmtree(run_dir, ignore_errors=True)  # its Redis would still hold that run's queue
+    settings = JobSettings(run_dir=run_dir, torchserve_run_dir=instance.run_dir, inference_url=instance.inference_url,
+                           management_url=instance.management_url, api_port=free_port(), model=model, **overrides)
+    settings.run_dir.mkdir(parents=True)
+    redis, url = redis_server(settings.run_dir, free_port())
+    env = {**settings.to_env(), PREFIX + "REDIS_URL": url}
+    settings = JobSettings.from_env(env)
+    worker, api = celery_worker(settings, env), job_api(settings, env)
+    service = JobService(f"http://{settings.api_host}:{settings.api_port}",
+                         _default_key(ensure_key_file(settings.key_file)), [api, worker, redis])
+    try:
+        redis.start()
+        wait_for_redis(url)
+        worker.start()
+        worker.wait_for_log("ready.", 120)
+        api.start()
+        wait_for_api(service.url, process=api)
+    except Exception:
+        service.stop()
+        raise
+    return service
+
+
+def run_seconds(run_time: str) -> float:
+    """Locust's run time ("90", "30s", "2m", "1h30m") in seconds."""
+    if run_time.isdigit():
+        return float(run_time)
+    units, total, number = {"h": 3600, "m": 60, "s": 1}, 0.0, ""
+    for character in run_time:
+        if character.isdigit():
+            number += character
+        elif character in units and number:
+            total, number = total + int(number) * units[character], ""
+        else:
+            raise ValueError(f"not a Locust run time: {run_time!r}")
+    if number:
+        raise ValueError(f"not a Locust run time: {run_time!r}")
+    return total
+
+
+def stats_rows(csv_prefix: Path) -> dict[str, dict[str, str]]:
+    """The rows of Locust's stats CSV by name (one per request name, and Aggregated)."""
+    with open(f"{csv_prefix}_stats.csv", newline="") as handle:
+        return {row["Name"]: row for row in csv.DictReader(handle)}
+
+
+@dataclass
+class PhaseSummary:
+    """One phase: its photos (one image row) and, beside them, its jobs (the ``job done`` and ``job poll`` rows)."""
+
+    phase: str
+    image_users: int
+    job_users: int
+    run_s: float
+    photo_requests: int
+    photo_failures: int
+    photos_per_s: float
+    photo_p50_ms: float
+    photo_p95_ms: float
+    photo_p99_ms: float
+    jobs_done: int
+    jobs_failed: int
+    jobs_per_minute: float
+    job_p50_s: float
+    job_polls: int
+    job_poll_failures: int
+    csv_prefix: str
+
+    def line(self) -> str:
+        users = f"ImageUser x{self.image_users}" + (f" + JobUser x{self.job_users}" if self.job_users else "")
+        line = (f"{self.phase}: {users} for {self.run_s:.0f} s: photos {self.photos_per_s:.2f}/s, "
+                f"p50 {self.photo_p50_ms:.0f} ms, p95 {self.photo_p95_ms:.0f} ms, p99 {self.photo_p99_ms:.0f} ms, "
+                f"failures {self.photo_failures}/{self.photo_requests}")
+        if self.job_users:
+            line += (f"; jobs done {self.jobs_done} ({self.jobs_per_minute:.2f}/min, p50 submit to done "
+                     f"{self.job_p50_s:.1f} s), failed {self.jobs_failed}, poll failures "
+                     f"{self.job_poll_failures}/{self.job_polls}")
+        return line
+
+
+def summarize_phase(csv_prefix: Path, phase: str, image_users: int, job_users: int, run_s: float) -> PhaseSummary:
+    """The phase's figures from its stats CSV: the photos from their row alone, not the Aggregated one, which
+    mixes in the jobs' polls."""
+    rows = stats_rows(csv_prefix)
+    # Percentiles of several rows cannot be combined (no mean of p95s is a p95), so the photos are sent at one
+    # size (DFD_IMAGE_SIZES): their one row's percentiles are Locust's own, over every photo request.
+    images = [row for name, row in rows.items() if name.startswith("image ")]
+    if len(images) != 1:
+        raise RuntimeError(f"{csv_prefix}_stats.csv has {len(images)} image rows, not one: send one image size")
+    photos = images[0]
+    done, polls = rows.get("job done"), rows.get("job poll")
+    count = int(done["Request Count"]) if done else 0
+    failed = int(done["Failure Count"]) if done else 0
+    return PhaseSummary(
+        phase=phase, image_users=image_users, job_users=job_users, run_s=run_s,
+        photo_requests=int(photos["Request Count"]), photo_failures=int(photos["Failure Count"]),
+        photos_per_s=float(photos["Requests/s"]), photo_p50_ms=_number(photos["50%"]),
+        photo_p95_ms=_number(photos["95%"]), photo_p99_ms=_number(photos["99%"]),
+        # Finished means a valid verdict: the failed ones (failed, cancelled, invalid) are counted apart.
+        jobs_done=count - failed, jobs_failed=failed, jobs_per_minute=(count - failed) * 60.0 / run_s,
+        job_p50_s=_number(done["50%"]) / 1000 if done else float("nan"),
+        job_polls=int(polls["Request Count"]) if polls else 0,
+        job_poll_failures=int(polls["Failure Count"]) if polls else 0, csv_prefix=str(csv_prefix),
+    )
+
+
+@dataclass
+class JobsComparison:
+    """The photos alone and beside the jobs, and what the jobs were."""
+
+    alone: PhaseSummary
+    with_jobs: PhaseSummary
+    video: str
+    sampling: str
+
+    @property
+    def p95_ratio(self) -> float:
+        return self.with_jobs.photo_p95_ms / self.alone.photo_p95_ms if self.alone.photo_p95_ms > 0 else float("nan")
+
+    def line(self) -> str:
+        return (f"photos p95 alone {self.alone.photo_p95_ms:.0f} ms, with jobs {self.with_jobs.photo_p95_ms:.0f} ms "
+                f"(ratio Y/X = {self.p95_ratio:.2f}; target <= {P95_RATIO_TARGET}), jobs finished per minute "
+                f"{self.with_jobs.jobs_per_minute:.2f}")
+
+    def passed(self) -> bool:
+        """Every photo and job answered well in both phases (the ratio is reported, not enforced)."""
+        return (all(p.photo_requests > 0 and p.photo_failures == 0 for p in (self.alone, self.with_jobs))
+                and self.with_jobs.jobs_done > 0 and self.with_jobs.jobs_failed == 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"alone": asdict(self.alone), "with_jobs": asdict(self.with_jobs), "video": self.video,
+                "sampling": self.sampling, "photos_p95_ratio": self.p95_ratio, "p95_ratio_target": P95_RATIO_TARGET,
+                "jobs_per_minute": self.with_jobs.jobs_per_minute}
+
+
+def run_with_jobs(
+    instance: TorchServeInstance, jobs: JobService, video: Path, prefix: Path, users: int = 4, job_users: int = 1,
+    run_time: str = "60s", image_size: str = "480p", sampling: str = JOB_SAMPLING, poll_s: float = 1.0,
+    extra_env: dict[str, str] | None = None, html: bool = True,
+) -> JobsComparison:
+    """ImageUser alone, then the same ImageUsers beside ``job_users`` JobUsers, each for ``run_time``; prints a
+    line per phase. ``prefix``-alone and ``prefix``-with-jobs are the two runs' CSV (and HTML) prefixes."""
+    if image_size not in PHOTO_HEIGHTS:
+        raise ValueError(f"image_size must be one of {', '.join(PHOTO_HEIGHTS)}, got {image_size!r}")
+    token, seconds = instance.keys()["inference"], run_seconds(run_time)
+    env = (extra_env or {}) | {"DFD_IMAGE_SIZES": image_size}
+    job_env = env | {"DFD_JOBS_URL": jobs.url, "DFD_JOBS_KEY": jobs.key, "DFD_JOB_VIDEO": str(video),
+                     "DFD_JOB_SAMPLING": sampling, "DFD_JOB_POLL_S": str(poll_s), "DFD_JOB_USERS": str(job_users)}
+    phases = []
+    for phase, classes, env_of_phase, jobs_of_phase in (("alone", ["ImageUser"], env, 0),
+                                                         ("with jobs", ["ImageUser", "JobUser"], job_env, job_users)):
+        phase_prefix = Path(f"{prefix}-{phase.replace(' ', '-')}")
+        run_locust(instance.inference_url, token, phase_prefix, classes, users + jobs_of_phase, run_time,
+                   html=Path(f"{phase_prefix}.html") if html else None, extra_env=env_of_phase)
+        phases.append(summarize_phase(phase_prefix, phase, users, jobs_of_phase, seconds))
+        print(phases[-1].line(), flush=True)
+    return JobsComparison(phases[0], phases[1], str(video), sampling)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--user-class", default="MixedUser", choices=["ImageUser", "VideoUser", "MixedUser"])
     parser.add_argument("--users", type=int, default=4)
-    parser.add_argument("--time", default="60s", help="Locust run time (e.g. 60s, 2m)")
+    parser.add_argument("--time", default="60s", help="Locust run time (e.g. 60s, 2m); per phase with --with-jobs")
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--model-version", default="", help="target this version (default: the default version)")
     parser.add_argument("--archive", type=Path, default=archive_path(MODEL_STORE, DEFAULT_MODEL_NAME, "1.0"),
                         help="archive for the private server when no `make serve` server is running")
     parser.add_argument("--report-dir", type=Path, default=DEFAULT_REPORT_DIR)
+    jobs = parser.add_argument_group("photos beside long-video jobs")
+    jobs.add_argument("--with-jobs", action="store_true",
+                      help="ImageUser alone, then beside JobUsers (--user-class is then ImageUser)")
+    jobs.add_argument("--job-users", type=int, default=1)
+    jobs.add_argument("--job-seconds", type=float, default=JOB_VIDEO_SECONDS,
+                      help="length of the 720p video the jobs submit (made once into reports/media)")
+    jobs.add_argument("--job-sampling", default=JOB_SAMPLING)
+    jobs.add_argument("--image-size", default="480p", choices=list(PHOTO_HEIGHTS),
+                      help="the photos' one size (one row, so that its percentiles are exact)")
     args = parser.parse_args(argv)
 
     args.report_dir.mkdir(parents=True, exist_ok=True)
+    video = long_video(DEFAULT_MEDIA_DIR, args.job_seconds) if args.with_jobs else None  # before any server idles
     shared = TorchServeInstance(run_dir=RUN_DIR)
     instance, private = (shared, False) if shared.pid() is not None else (None, True)
     if private:
@@ -192,17 +435,37 @@ def main(argv: list[str] | None = None) -> int:
         instance = start_private_server(args.report_dir / "run", args.archive)
     assert instance is not None
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    prefix = args.report_dir / f"{args.user_class}-{stamp}"
     env = {"DFD_MODEL": args.model, "DFD_MODEL_VERSION": args.model_version}
+    service: JobService | None = None
     try:
         media = make_load_media()
         warm_up(instance, args.model, args.model_version or None, media.photos_of_size("480p")[0].read_bytes())
-        summary = run_locust(instance.inference_url, instance.keys()["inference"], prefix, args.user_class,
-                             args.users, args.time, html=Path(f"{prefix}.html"), extra_env=env)
-        plot = plot_history(prefix, Path(f"{prefix}.png"))
+        if args.with_jobs:
+            assert video is not None
+            service = None if private else shared_job_service()
+            if service is None:
+                print("no `make jobs` service beside it: starting a private one", flush=True)
+                service = start_private_jobs(args.report_dir / "jobs-run", instance, args.model)
+            prefix = args.report_dir / f"jobs-{stamp}"
+            comparison = run_with_jobs(instance, service, video, prefix, args.users, args.job_users, args.time,
+                                       args.image_size, args.job_sampling, extra_env=env)
+        else:
+            prefix = args.report_dir / f"{args.user_class}-{stamp}"
+            summary = run_locust(instance.inference_url, instance.keys()["inference"], prefix, args.user_class,
+                                 args.users, args.time, html=Path(f"{prefix}.html"), extra_env=env)
+            plot = plot_history(prefix, Path(f"{prefix}.png"))
     finally:
+        if service is not None:
+            service.stop()
         if private:
             instance.stop()
+    if args.with_jobs:
+        report = Path(f"{prefix}.json")
+        report.write_text(json.dumps(comparison.as_dict(), indent=2, default=float))
+        print(f"reports: {prefix}-alone_stats.csv, {prefix}-with-jobs_stats.csv (and _stats_history.csv, .html), "
+              f"{report}")
+        print(comparison.line())
+        return 0 if comparison.passed() else 1
     print(f"reports: {prefix}_stats.csv, {prefix}_stats_history.csv, {prefix}.html, {plot}")
     print(f"{args.user_class} x{args.users} for {args.time}: {summary.line()}")
     return 0 if summary.failures == 0 and summary.requests > 0 else 1

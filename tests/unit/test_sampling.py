@@ -37,6 +37,25 @@ def test_an_unusable_sampling_is_the_requests_400(text):
     assert (refused.value.status, refused.value.code) == (400, "bad_sampling")
 
 
+def test_at_frames_scores_exactly_the_positions_asked_for_never_moved_or_thinned():
+    sampling = parse_sampling("at_frames:500,0,250,250")
+    assert sampling == Sampling.at_frames([0, 250, 500]) and str(sampling) == "at_frames:0,250,500"
+    assert Sampling.from_json(sampling.to_json()) == sampling
+    index = index_of(30)  # a keyframe every 10 s: exact frames 4 s past one would move under another policy
+    wanted = target_positions(parse_sampling("at_frames:100,350,600"), index, max_frames=64)
+    assert wanted == [(100, 4.0), (350, 14.0), (600, 24.0)]
+    for text, status in (("at_frames:", 400), ("at_frames:1,-2", 400), ("at_frames:1.5", 400), ("at_frames:x", 400)):
+        with pytest.raises(InputError) as refused:
+            parse_sampling(text)
+        assert (refused.value.status, refused.value.code) == (status, "bad_sampling"), text
+    with pytest.raises(InputError) as beyond:
+        target_positions(parse_sampling("at_frames:0,750"), index, max_frames=64)
+    assert beyond.value.status == 422
+    with pytest.raises(InputError) as too_many:  # refused, not thinned: the caller planned these frames
+        target_positions(Sampling.at_frames(range(10)), index, max_frames=6)
+    assert too_many.value.status == 400 and "at most 6" in too_many.value.detail
+
+
 def test_uniform_spans_the_first_frame_to_the_last():
     index = index_of(600)
     wanted = target_positions(Sampling("uniform", 32), index, max_frames=64)

@@ -1,0 +1,214 @@
+"""``make jobs``: Redis, the Celery workers and the job API beside the TorchServe ``make serve`` started.
+
+    deepfake-jobs start     # Redis on 127.0.0.1:6390 (password, append-only file), workers, API on :8090
+    deepfake-jobs stop      # stops all three and waits until no process is left
+    deepfake-jobs status
+
+Each part runs as its own process group from the run folder (``.run/jobs``): ``redis/`` holds Redis's
+config, password file and append-only file, ``logs/`` the three logs, ``*.pid`` the groups' leaders. With
+``DEEPFAKE_JOBS_REDIS_URL`` set in the environment (a managed Redis), no Redis is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+import requests
+
+from .settings import PREFIX, JobSettings
+
+REDIS_PORT = 6390
+
+
+@dataclass
+class ManagedProcess:
+    """One long-running command as a process group with a pid file and a log, stopped with its children."""
+
+    name: str
+    command: list[str]
+    run_dir: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "logs" / f"{self.name}.log"
+
+    def start(self) -> None:
+        if self.pid() is not None:
+            raise RuntimeError(f"{self.name} is already running (pid {self.pid()}); stop it first")
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as output:
+            process = subprocess.Popen(self.command, cwd=self.run_dir, env={**os.environ, **self.env},
+                                       stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        self.pid_file.write_text(str(process.pid))
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        try:
+            os.killpg(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return None
+        return pid
+
+    def stop(self, timeout_s: float = 60.0, sig: int = signal.SIGTERM) -> None:
+        """Signal the whole group, wait for it to exit, SIGKILL what is left after ``timeout_s``."""
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + timeout_s
+            while self.pid() is not None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if self.pid() is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                while self.pid() is not None:
+                    time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+
+    def wait_for_log(self, text: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                raise RuntimeError(f"{self.name} exited; see {self.log}")
+            if self.log.exists() and text in self.log.read_text(errors="replace"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f} s; see {self.log}")
+
+
+def redis_server(run_dir: Path, port: int) -> tuple[ManagedProcess, str]:
+    """Redis on loopback with a password (made once, kept in a mode-600 file) and an append-only file that
+    is synced on every write, so queued and finished jobs survive a restart; returns it and its URL."""
+    if shutil.which("redis-server") is None:
+        raise RuntimeError("the job service needs redis-server: apt-get install -y redis-server (make install)")
+    folder = run_dir / "redis"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    password_file = folder / "password"
+    if not password_file.exists():
+        descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(24))
+    password = password_file.read_text().strip()
+    config = folder / "redis.conf"
+    descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write("\n".join([
+            "bind 127.0.0.1", f"port {port}", "protected-mode yes", f"requirepass {password}", "daemonize no",
+            f"dir {folder}", "appendonly yes", "appendfsync always", 'save ""', "loglevel notice", ""]))
+    process = ManagedProcess("redis", ["redis-server", str(config)], run_dir)
+    return process, f"redis://:{password}@127.0.0.1:{port}/0"
+
+
+def wait_for_redis(url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    client = redis.Redis.from_url(url)
+    while True:
+        try:
+            if client.ping():
+                return
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Redis did not answer within {timeout_s:.0f} s") from None
+        time.sleep(0.1)
+
+
+def celery_worker(settings: JobSettings, env: dict[str, str], name: str = "worker") -> ManagedProcess:
+    command = [sys.executable, "-m", "celery", "-A", "deepfake_jobs.tasks", "worker", "--loglevel", "INFO",
+               "--concurrency", str(settings.workers), "-E", "-Q", "deepfake_jobs", "-n", f"{name}-%i@%h",
+               "--without-gossip", "--without-mingle"]
+    return ManagedProcess(name, command, settings.run_dir, env)
+
+
+def job_api(settings: JobSettings, env: dict[str, str]) -> ManagedProcess:
+    command = [sys.executable, "-m", "uvicorn", "deepfake_jobs.api:app", "--host", settings.api_host,
+               "--port", str(settings.api_port), "--log-level", "info"]
+    return ManagedProcess("api", command, settings.run_dir, env)
+
+
+def wait_for_api(url: str, timeout_s: float = 60.0, process: ManagedProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.pid() is None:
+            raise RuntimeError(f"the job API exited; see {process.log}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"the job API at {url} did not answer within {timeout_s:.0f} s")
+
+
+def parts(settings: JobSettings) -> tuple[ManagedProcess | None, list[ManagedProcess], str]:
+    """Redis (None with a managed one), the worker and the API, and the Redis URL they share."""
+    managed = os.environ.get(PREFIX + "REDIS_URL")
+    server, url = (None, managed) if managed else redis_server(settings.run_dir, REDIS_PORT)
+    env = {**settings.to_env(), PREFIX + "REDIS_URL": url}
+    return server, [celery_worker(settings, env), job_api(settings, env)], url
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["start", "stop", "status"])
+    args = parser.parse_args(argv)
+    settings = JobSettings.from_env()
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    server, processes, url = parts(settings)
+    everything = [*processes[::-1], *([server] if server else [])]  # API, worker, then Redis
+    if args.command == "stop":
+        running = [p.name for p in everything if p.pid() is not None]
+        for process in everything:
+            process.stop()
+        print(f"stopped {', '.join(running)}" if running else f"no job service running from {settings.run_dir}")
+        return 0
+    if args.command == "status":
+        for process in everything:
+            print(f"{process.name}: {'running, pid ' + str(process.pid()) if process.pid() else 'stopped'}")
+        return 0 if all(p.pid() for p in everything) else 1
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    try:
+        if server is not None and server.pid() is None:
+            server.start()
+        wait_for_redis(url)
+        worker, api = processes
+        for process in processes:
+            if process.pid() is None:
+                process.start()
+        worker.wait_for_log("ready.", 120)
+        wait_for_api(api_url, process=api)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    key = f"$({Path(sys.executable)} -m deepfake_jobs.keys show default)"
+    print(f"The job service is up: API {api_url}, {settings.workers} worker process(es), Redis from "
+          f"{settings.run_dir / 'redis'}. Keys: {settings.key_file}.\n")
+    print("Score a long video as a job:\n")
+    print(f'  KEY={key}')
+    print(f'  curl -s -H "Authorization: Bearer $KEY" -H "Content-Type: application/octet-stream" '
+          f"--data-binary @video.mp4 {api_url}/jobs")
+    print(f'  curl -s -H "Authorization: Bearer $KEY" {api_url}/jobs/<id>\n')
+    print("or: python scripts/score.py video.mp4 photo.jpg    (stop with: make stop)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
