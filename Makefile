@@ -87,9 +87,10 @@ loadtest: install $(MAR)  ## Headless Locust run (LOADTEST_CLASS/USERS/TIME): CS
 	$(PY) -m deepfake_ops.loadtest --user-class $(LOADTEST_CLASS) --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
 		--model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
 
-loadtest-jobs: install $(MAR)  ## 480p photos' p95 alone, then beside LOADTEST_JOB_USERS long-video jobs (LOADTEST_USERS/TIME per phase); `make jobs`'s service or a private one
+loadtest-jobs: install $(MAR)  ## 480p photos' p95 alone, then beside LOADTEST_JOB_USERS long-video jobs (LOADTEST_USERS/TIME per phase; JOBS_MODEL=name: jobs on a second registration); `make jobs`'s or a private one
 	$(PY) -m deepfake_ops.loadtest --with-jobs --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
-		--job-users $(LOADTEST_JOB_USERS) --model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
+		--job-users $(LOADTEST_JOB_USERS) --model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION)) \
+		$(if $(JOBS_MODEL),--jobs-model $(JOBS_MODEL))
 
 SOAK_MINUTES ?= 12
 soak: install $(MAR)  ## Memory soak (SOAK_MINUTES, mixed heavy traffic on a private server): each worker's RSS after warm-up and at the end

@@ -39,6 +39,7 @@ class ManagedProcess:
     command: list[str]
     run_dir: Path
     env: dict[str, str] = field(default_factory=dict)
+    _log_offset: int = 0
 
     @property
     def pid_file(self) -> Path:
@@ -52,6 +53,7 @@ class ManagedProcess:
         if self.pid() is not None:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid()}); stop it first")
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._log_offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as output:
             process = subprocess.Popen(self.command, cwd=self.run_dir, env={**os.environ, **self.env},
                                        stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
@@ -87,12 +89,15 @@ class ManagedProcess:
         self.pid_file.unlink(missing_ok=True)
 
     def wait_for_log(self, text: str, timeout_s: float) -> None:
+        """Until ``text`` appears in what this start logged (the log is appended to across starts)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.pid() is None:
                 raise RuntimeError(f"{self.name} exited; see {self.log}")
-            if self.log.exists() and text in self.log.read_text(errors="replace"):
-                return
+            with open(self.log, "rb") as handle:
+                handle.seek(self._log_offset)
+                if text.encode() in handle.read():
+                    return
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready after {timeout_s:.0f} s; see {self.log}")
 
@@ -158,12 +163,60 @@ def wait_for_api(url: str, timeout_s: float = 60.0, process: ManagedProcess | No
     raise RuntimeError(f"the job API at {url} did not answer within {timeout_s:.0f} s")
 
 
-def parts(settings: JobSettings) -> tuple[ManagedProcess | None, list[ManagedProcess], str]:
-    """Redis (None with a managed one), the worker and the API, and the Redis URL they share."""
-    managed = os.environ.get(PREFIX + "REDIS_URL")
-    server, url = (None, managed) if managed else redis_server(settings.run_dir, REDIS_PORT)
-    env = {**settings.to_env(), PREFIX + "REDIS_URL": url}
-    return server, [celery_worker(settings, env), job_api(settings, env)], url
+@dataclass
+class LocalJobService:
+    """Redis (None: a managed one at ``redis_url``), a Celery worker and the job API for one set of settings, as
+    processes of this machine: what ``make jobs``, the tests, the load test and the benchmark start."""
+
+    settings: JobSettings
+    redis: ManagedProcess | None
+    redis_url: str
+    worker: ManagedProcess
+    api: ManagedProcess
+
+    @classmethod
+    def of(cls, settings: JobSettings, redis_port: int = REDIS_PORT) -> LocalJobService:
+        """The parts for ``settings``; with ``DEEPFAKE_JOBS_REDIS_URL`` in the environment, no Redis of our own."""
+        managed = os.environ.get(PREFIX + "REDIS_URL")
+        server, url = (None, managed) if managed else redis_server(settings.run_dir, redis_port)
+        env = {**settings.to_env(), PREFIX + "REDIS_URL": url}
+        return cls(settings, server, url, celery_worker(settings, env), job_api(settings, env))
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the API and the workers run with (their settings and Redis's URL)."""
+        return self.api.env
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """In the order they stop: the API, the worker, Redis."""
+        return [self.api, self.worker, *([self.redis] if self.redis else [])]
+
+    def start_redis(self) -> None:
+        if self.redis is not None and self.redis.pid() is None:
+            self.redis.start()
+        wait_for_redis(self.redis_url)
+
+    def start_worker(self) -> None:
+        if self.worker.pid() is None:
+            self.worker.start()
+            self.worker.wait_for_log("ready.", 120)
+
+    def start(self) -> None:
+        """Whatever of the three is not running, each waited for; RuntimeError with the log to read."""
+        self.start_redis()
+        self.start_worker()
+        if self.api.pid() is None:
+            self.api.start()
+        wait_for_api(self.url, process=self.api)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,29 +225,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = JobSettings.from_env()
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    server, processes, url = parts(settings)
-    everything = [*processes[::-1], *([server] if server else [])]  # API, worker, then Redis
+    service = LocalJobService.of(settings)
     if args.command == "stop":
-        running = [p.name for p in everything if p.pid() is not None]
-        for process in everything:
-            process.stop()
+        running = [p.name for p in service.processes if p.pid() is not None]
+        service.stop()
         print(f"stopped {', '.join(running)}" if running else f"no job service running from {settings.run_dir}")
         return 0
     if args.command == "status":
-        for process in everything:
+        for process in service.processes:
             print(f"{process.name}: {'running, pid ' + str(process.pid()) if process.pid() else 'stopped'}")
-        return 0 if all(p.pid() for p in everything) else 1
-    api_url = f"http://{settings.api_host}:{settings.api_port}"
+        return 0 if all(p.pid() for p in service.processes) else 1
+    api_url = service.url
     try:
-        if server is not None and server.pid() is None:
-            server.start()
-        wait_for_redis(url)
-        worker, api = processes
-        for process in processes:
-            if process.pid() is None:
-                process.start()
-        worker.wait_for_log("ready.", 120)
-        wait_for_api(api_url, process=api)
+        service.start()
     except RuntimeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

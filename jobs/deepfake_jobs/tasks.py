@@ -215,9 +215,11 @@ def _backoff(retries: int) -> float:
 def _error_json(error: Exception) -> dict[str, Any]:
     if isinstance(error, InputError):
         return {"code": error.code, "message": error.detail, "status": error.status}
-    if isinstance(error, PieceRefused):
-        return {"code": error.error.get("code", "refused"), "message": error.error.get("message", str(error)),
-                "status": error.status}
+    if isinstance(error, PieceRefused):  # the detector's {"error", "detail"}, or TorchServe's {"code", "message"}
+        body = error.error
+        code = body.get("error") if isinstance(body.get("error"), str) else body.get("type") or "refused"
+        return {"code": code, "message": f"TorchServe answered HTTP {error.status}: "
+                f"{body.get('detail') or body.get('message') or body}", "status": error.status}
     if isinstance(error, merge.MergeError | VerdictError):
         return {"code": "bad_answer", "message": str(error)}
     return {"code": type(error).__name__, "message": str(error)}

@@ -29,22 +29,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from deepfake_detector.archive import DEFAULT_MODEL_NAME, archive_path
-from deepfake_jobs.keys import DEFAULT_KEY_NAME, KeyRing, ensure_key_file
-from deepfake_jobs.service import (
-    ManagedProcess,
-    celery_worker,
-    job_api,
-    parts,
-    redis_server,
-    wait_for_api,
-    wait_for_redis,
-)
-from deepfake_jobs.settings import PREFIX, JobSettings
+from deepfake_jobs.keys import DEFAULT_KEY_NAME, ensure_key_file
+from deepfake_jobs.service import LocalJobService, ManagedProcess, wait_for_api
+from deepfake_jobs.settings import JobSettings
 
 from .build_mar import build_archive
 from .load_media import DEFAULT_MEDIA_DIR, PHOTO_HEIGHTS, long_video, make_load_media
@@ -206,36 +198,35 @@ P95_RATIO_TARGET = 1.5
 
 @dataclass
 class JobService:
-    """A job API the JobUsers submit to: ``make jobs``'s (no ``processes``: never stopped here), or a private one
+    """A job API the JobUsers submit to: ``make jobs``'s (``local`` None: never stopped here), or a private one
     this run started and stops."""
 
     url: str
     key: str
-    processes: list[ManagedProcess] = field(default_factory=list)
+    local: LocalJobService | None = None
 
     def stop(self) -> None:
-        for process in self.processes:  # the API, the worker, then Redis
-            process.stop(timeout_s=30)
+        if self.local is not None:
+            self.local.stop()
 
 
-def _default_key(ring: KeyRing) -> str:
-    found = next((key for key in ring.all() if key.name == DEFAULT_KEY_NAME), None)
+def _default_key(settings: JobSettings) -> str:
+    found = ensure_key_file(settings.key_file).named(DEFAULT_KEY_NAME)
     if found is None:
-        raise RuntimeError(f"no {DEFAULT_KEY_NAME!r} key in {ring.path} (python -m deepfake_jobs.keys list)")
+        raise RuntimeError(f"no {DEFAULT_KEY_NAME!r} key in {settings.key_file} (python -m deepfake_jobs.keys list)")
     return found.key
 
 
 def shared_job_service() -> JobService | None:
     """``make jobs``'s service (``DEEPFAKE_JOBS_*`` settings, its default key) when its parts run, else None."""
     settings = JobSettings.from_env()
-    if not settings.key_file.exists():  # never started here; parts() would write a Redis folder for nothing
+    if not settings.key_file.exists():  # never started here: no Redis folder to write for nothing
         return None
-    server, (worker, api), _ = parts(settings)
-    if worker.pid() is None or api.pid() is None or (server is not None and server.pid() is None):
+    local = LocalJobService.of(settings)
+    if any(process.pid() is None for process in local.processes):
         return None
-    url = f"http://{settings.api_host}:{settings.api_port}"
-    wait_for_api(url, timeout_s=10, process=api)
-    return JobService(url, _default_key(KeyRing(settings.key_file)))
+    wait_for_api(local.url, timeout_s=10, process=local.api)
+    return JobService(local.url, _default_key(settings))
 
 
 def start_private_jobs(run_dir: Path, instance: TorchServeInstance, model: str = DEFAULT_MODEL_NAME,
@@ -248,23 +239,20 @@ def start_private_jobs(run_dir: Path, instance: TorchServeInstance, model: str =
     settings = JobSettings(run_dir=run_dir, torchserve_run_dir=instance.run_dir, inference_url=instance.inference_url,
                            management_url=instance.management_url, api_port=free_port(), model=model, **overrides)
     settings.run_dir.mkdir(parents=True)
-    redis, url = redis_server(settings.run_dir, free_port())
-    env = {**settings.to_env(), PREFIX + "REDIS_URL": url}
-    settings = JobSettings.from_env(env)
-    worker, api = celery_worker(settings, env), job_api(settings, env)
-    service = JobService(f"http://{settings.api_host}:{settings.api_port}",
-                         _default_key(ensure_key_file(settings.key_file)), [api, worker, redis])
+    local = LocalJobService.of(settings, redis_port=free_port())
     try:
-        redis.start()
-        wait_for_redis(url)
-        worker.start()
-        worker.wait_for_log("ready.", 120)
-        api.start()
-        wait_for_api(service.url, process=api)
+        local.start()
     except Exception:
-        service.stop()
+        local.stop()
         raise
-    return service
+    return JobService(local.url, _default_key(settings), local)
+
+
+def register_second_name(instance: TorchServeInstance, archive: str, name: str) -> None:
+    """The same archive under another model name with its own worker: its requests queue and run apart."""
+    instance.client(timeout_s=600).management(
+        "POST", "/models", f"register {archive} as {name}",
+        params={"url": archive, "model_name": name, "initial_workers": 1, "synchronous": "true"})
 
 
 def run_seconds(run_time: str) -> float:
@@ -420,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("--job-seconds", type=float, default=JOB_VIDEO_SECONDS,
                       help="length of the 720p video the jobs submit (made once into reports/media)")
     jobs.add_argument("--job-sampling", default=JOB_SAMPLING)
+    jobs.add_argument("--jobs-model", default="",
+                      help="private server: register the archive a second time under this name, with its own "
+                           "worker, and score the jobs' pieces there (job traffic isolated from the photos')")
     jobs.add_argument("--image-size", default="480p", choices=list(PHOTO_HEIGHTS),
                       help="the photos' one size (one row, so that its percentiles are exact)")
     args = parser.parse_args(argv)
@@ -445,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
             service = None if private else shared_job_service()
             if service is None:
                 print("no `make jobs` service beside it: starting a private one", flush=True)
-                service = start_private_jobs(args.report_dir / "jobs-run", instance, args.model)
+                jobs_model = args.jobs_model or args.model
+                if args.jobs_model:
+                    register_second_name(instance, args.archive.name, args.jobs_model)
+                service = start_private_jobs(args.report_dir / "jobs-run", instance, jobs_model)
             prefix = args.report_dir / f"jobs-{stamp}"
             comparison = run_with_jobs(instance, service, video, prefix, args.users, args.job_users, args.time,
                                        args.image_size, args.job_sampling, extra_env=env)

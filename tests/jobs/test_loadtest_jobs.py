@@ -30,7 +30,7 @@ SAMPLING = "every_seconds:15"
 @pytest.fixture(scope="module")
 def stack(start_server, model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobStack]:
     torchserve = start_server(model_store, [archive_path(model_store, MODEL_NAME, "1.0").name])
-    started = JobStack.start(tmp_path_factory.mktemp("jobs"), torchserve, workers=1)
+    started = JobStack.start_for(tmp_path_factory.mktemp("jobs"), torchserve, workers=1)
     yield started
     started.stop()
 

@@ -13,61 +13,32 @@ from typing import Any
 import redis
 import requests
 from deepfake_jobs.keys import ApiKey, KeyRing, ensure_key_file
-from deepfake_jobs.service import ManagedProcess, celery_worker, job_api, redis_server, wait_for_api, wait_for_redis
-from deepfake_jobs.settings import PREFIX, JobSettings
+from deepfake_jobs.service import LocalJobService
+from deepfake_jobs.settings import JobSettings
 from deepfake_ops.torchserve import TorchServeInstance, free_port
 
 
 @dataclass
-class JobStack:
-    """Redis, the worker and the API for one TorchServe; ``url`` is the API's base URL."""
+class JobStack(LocalJobService):
+    """The job service for one TorchServe, with what the tests do to it and ask of it."""
 
-    settings: JobSettings
-    redis: ManagedProcess
-    redis_url: str
-    worker: ManagedProcess
-    api: ManagedProcess
-    torchserve: TorchServeInstance
-    env: dict[str, str]
-    """The environment the API and the workers run with (their settings and Redis's URL)."""
+    torchserve: TorchServeInstance | None = None
 
     @classmethod
-    def start(cls, root: Path, torchserve: TorchServeInstance, **overrides: Any) -> JobStack:
+    def start_for(cls, root: Path, torchserve: TorchServeInstance, **overrides: Any) -> JobStack:
+        """Started on free ports in ``root``; ``overrides`` are JobSettings fields."""
         settings = JobSettings(run_dir=root, torchserve_run_dir=torchserve.run_dir,
                                inference_url=torchserve.inference_url, management_url=torchserve.management_url,
                                api_port=free_port(), **overrides)
         settings.run_dir.mkdir(parents=True, exist_ok=True)
-        server, url = redis_server(root, free_port())
-        env = {**settings.to_env(), PREFIX + "REDIS_URL": url}
-        settings = JobSettings.from_env(env)
-        stack = cls(settings, server, url, celery_worker(settings, env), job_api(settings, env), torchserve, env)
-        stack.start_redis()
-        stack.start_worker()
-        stack.api.start()
-        wait_for_api(stack.url, process=stack.api)
+        local = LocalJobService.of(settings, redis_port=free_port())
+        stack = cls(local.settings, local.redis, local.redis_url, local.worker, local.api, torchserve)
+        stack.start()
         return stack
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.settings.api_host}:{self.settings.api_port}"
-
-    def start_redis(self) -> None:
-        self.redis.start()
-        wait_for_redis(self.redis_url)
-
-    def start_worker(self) -> None:
-        self.worker.start()
-        self.worker.wait_for_log("ready.", 120)
-        # The log is appended to: the next start must wait for its own "ready.".
-        self.worker.log.rename(self.worker.log.with_suffix(f".{int(time.time() * 1000)}.log"))
 
     def kill_worker(self) -> None:
         """SIGKILL the worker's whole process group (the main process and its pool): a machine lost."""
         self.worker.stop(timeout_s=10, sig=signal.SIGKILL)
-
-    def stop(self) -> None:
-        for process in (self.api, self.worker, self.redis):
-            process.stop(timeout_s=30)
 
     def redis_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
