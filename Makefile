@@ -56,7 +56,8 @@ jobs: install  ## Start Redis, the Celery workers and the job API (127.0.0.1:809
 	$(PY) -m deepfake_jobs.service start
 
 stop:  ## Stop what `make serve` and `make jobs` started; waits until no process is left
-	@if [ -x $(PY) ]; then $(PY) -m deepfake_jobs.service stop && $(PY) -m deepfake_ops.server stop; \
+	@if [ -x $(PY) ]; then status=0; $(PY) -m deepfake_jobs.service stop || status=1; \
+		$(PY) -m deepfake_ops.server stop || status=1; exit $$status; \
 		else echo "nothing to stop"; fi
 
 status:  ## Show the running server's versions and workers

@@ -52,6 +52,7 @@ from urllib.parse import quote
 import gevent
 from deepfake_detector.archive import DEFAULT_MODEL_NAME
 from deepfake_detector.verdict import Verdict, VerdictError
+from deepfake_jobs.store import ENDED
 from deepfake_ops.load_media import DEFAULT_MEDIA_DIR, PHOTO_HEIGHTS, make_load_media
 from locust import FastHttpUser, between, constant, events, task
 from locust.env import Environment
@@ -70,7 +71,6 @@ JOB_SAMPLING = os.environ.get("DFD_JOB_SAMPLING", "every_seconds:5").strip()
 JOB_POLL_S = float(os.environ.get("DFD_JOB_POLL_S", "1"))
 JOB_USERS = int(os.environ.get("DFD_JOB_USERS", "1"))
 JOB_TIMEOUT_S = float(os.environ.get("DFD_JOB_TIMEOUT_S", "3600"))
-JOB_ENDED = ("done", "failed", "cancelled")
 
 PATH = f"/predictions/{MODEL}" + (f"/{MODEL_VERSION}" if MODEL_VERSION else "")
 HEADERS = {"Content-Type": "application/octet-stream"} | ({"Authorization": f"Bearer {TOKEN}"} if TOKEN else {})
@@ -231,7 +231,7 @@ class JobUser(FastHttpUser):
                     continue
                 response.success()
                 status = json.loads(response.content)
-            if status["state"] in JOB_ENDED:
+            if status["state"] in ENDED:
                 return status
 
     def _check_result(self, job_id: str, status: dict[str, Any]) -> int:

@@ -39,7 +39,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from .config import PipelineSettings
 from .errors import InputError, RequestError, TemporaryError
-from .sampling import FrameIndex, Sampling, nearest_frame, plan_samples, target_positions
+from .sampling import FrameIndex, Sampling, nearest_frame, plan_for
 from .verdict import MediaKind
 
 SizeCheck = Callable[[int, int, str], None]
@@ -303,9 +303,7 @@ def _sample_video(container: av.container.InputContainer, fmt: str, sampling: Sa
     stream.thread_type = "AUTO"
     stream.thread_count = max(1, cv2.getNumThreads())  # the worker's share of the CPUs (cpu_tuning), no more
     index, timestamps, seekable, fps = video.frames, video.timestamps, video.seekable, video.fps
-    wanted = target_positions(sampling, index, settings.max_frames)
-    exact = not seekable or sampling.policy == "at_frames"  # at_frames were planned by the caller: never moved
-    plan = plan_samples(wanted, index, len(index) if exact else settings.max_decode_per_sample)
+    wanted, plan = plan_for(sampling, index, settings.max_frames, settings.max_decode_per_sample, seekable)
     decoded = _decode_planned(container, stream, timestamps, index, plan, settings.max_decoded_frames)
     if not decoded:
         raise InputError("no_decodable_frame", f"the {fmt} video contains no frame that could be decoded", 422)

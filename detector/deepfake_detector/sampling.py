@@ -214,6 +214,15 @@ def plan_samples(wanted: list[tuple[int, float]], index: FrameIndex, max_decode_
     return planned
 
 
+def plan_for(sampling: Sampling, index: FrameIndex, max_frames: int, max_decode_per_sample: int, seekable: bool
+             ) -> tuple[list[tuple[int, float]], list[tuple[int, float, bool]]]:
+    """The wanted samples and the plan that decodes them, as a request with ``sampling`` gets them: exact for
+    ``at_frames`` (the caller planned those) and for a video that cannot seek, else within the decoding budget."""
+    wanted = target_positions(sampling, index, max_frames)
+    exact = not seekable or sampling.policy == "at_frames"
+    return wanted, plan_samples(wanted, index, len(index) if exact else max_decode_per_sample)
+
+
 def _exact_plan(wanted: list[tuple[int, float]], index: FrameIndex) -> list[tuple[int, float, bool, int]]:
     plan, decoded_up_to = [], -1
     for position, target_s in wanted:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -35,9 +37,12 @@ from . import merge, metrics, tasks, webhooks
 from .keys import ApiKey, KeyRing, ensure_key_file
 from .store import ACTIVE, ENDED, Job, JobStore
 from .uploads import UploadError, receive
+from .video import plan_video
 
 settings = tasks.settings
+logger = logging.getLogger(__name__)
 SWEEP_EVERY_S = 600.0
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class ApiError(Exception):
@@ -62,6 +67,12 @@ app = FastAPI(title="Deepfake detector jobs", lifespan=lifespan, docs_url=None, 
 @app.exception_handler(ApiError)
 async def _api_error(_: Request, error: ApiError) -> JSONResponse:
     return JSONResponse(error.body, status_code=error.status)
+
+
+@app.exception_handler(Exception)
+async def _internal_error(_: Request, error: Exception) -> JSONResponse:
+    logger.exception("the job API failed")
+    return JSONResponse({"code": "internal_error", "message": type(error).__name__}, status_code=500)
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -108,6 +119,7 @@ async def submit(request: Request, key: Owner, sampling: str | None = None,
                            "clips to TorchServe's /predictions")
         path = upload.path.rename(folder / f"upload.{sniffed[1]}")
         video = await run_in_threadpool(index_video, path, sniffed[1], settings.planning())
+        plan_video(video, chosen, settings.planning())  # what the worker will plan: refused now, not later
     except UploadError as error:
         shutil.rmtree(folder, ignore_errors=True)
         raise ApiError(error.status, error.code, error.message) from None
@@ -118,15 +130,20 @@ async def submit(request: Request, key: Owner, sampling: str | None = None,
         shutil.rmtree(folder, ignore_errors=True)
         raise
     store.create(job_id, key.id, path=str(path), format=sniffed[1], bytes=upload.bytes, sampling=str(chosen),
-                 model=settings.model, webhook_url=webhook, duration_s=video.frames.duration_s,
+                 model=settings.model, webhook_url=webhook, duration_s=round(video.frames.duration_s, 3),
                  frames_total=len(video.frames))
-    tasks.plan_job.delay(job_id)
+    try:
+        tasks.plan_job.delay(job_id)
+    except Exception as error:  # the broker is down: the job must not wait for a task that was never sent
+        tasks.fail(job_id, {"code": "queue_unavailable", "message": f"the job could not be queued ({error})"})
+        raise ApiError(503, "queue_unavailable", "the job queue is unavailable; retry shortly",
+                       retryable=True) from None
     url = f"/jobs/{job_id}"
     return JSONResponse({"id": job_id, "state": "queued", "url": url}, status_code=202, headers={"Location": url})
 
 
 def _owned(request: Request, job_id: str, key: ApiKey) -> Job:
-    job = _store(request).get(job_id)
+    job = _store(request).get(job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None or job.owner != key.id:
         raise ApiError(404, "not_found", f"no job {job_id} for this key (jobs expire "
                        f"{settings.retention_s} s after they end)")
@@ -135,8 +152,10 @@ def _owned(request: Request, job_id: str, key: ApiKey) -> Job:
 
 @app.get("/jobs/{job_id}")
 def status(job_id: str, request: Request, key: Owner) -> dict[str, Any]:
-    job = _owned(request, job_id, key)
-    pieces = _store(request).pieces(job_id) if job.state != "queued" else {}
+    _owned(request, job_id, key)
+    job, pieces = _store(request).get_with_pieces(job_id)  # one read: the progress and the timeline agree
+    if job is None:
+        raise ApiError(404, "not_found", f"no job {job_id} for this key")
     return {
         "id": job.id, "state": job.state,
         "queued_at": _time(job.get("queued_at")), "started_at": _time(job.get("running_at")),
@@ -167,8 +186,7 @@ def cancel(job_id: str, request: Request, key: Owner) -> dict[str, Any]:
     store = _store(request)
     if store.transition(job_id, "cancelled", ACTIVE) is None:
         raise ApiError(409, "already_ended", f"job {job_id} already ended ({store.get(job_id).state})")
-    store.expire(job_id, settings.retention_s)
-    shutil.rmtree(tasks.job_folder(job_id), ignore_errors=True)
+    tasks.ended(job_id)
     return {"id": job.id, "state": "cancelled"}
 
 

@@ -24,6 +24,7 @@ from deepfake_detector.media import DEMUXERS, FFMPEG_OPTIONS, sniff_format
 
 from .keys import DEFAULT_KEY_NAME, KeyRing
 from .settings import JobSettings
+from .store import ENDED
 
 Route = Literal["direct", "job"]
 KEY_ENV = "DEEPFAKE_JOBS_KEY"
@@ -36,7 +37,6 @@ a minute, while a job scores one frame a second over any length and has no 120 s
 DIRECT_TIMEOUT_S = 150.0
 """Above TorchServe's ``responseTimeout`` (120 s), so its own answer arrives before ours gives up."""
 SNIFF_BYTES = 64
-ENDED = ("done", "failed", "cancelled")
 
 
 class ClientError(RuntimeError):

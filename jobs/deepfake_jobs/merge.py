@@ -60,8 +60,10 @@ def timeline_frames(pieces: Iterable[dict[str, Any]]) -> list[FrameScore]:
 
 
 def merge(pieces: list[dict[str, Any]], fmt: str, fps: float, frames_total: int, duration_s: float,
-          sampling: Sampling, samples_wanted: int, samples_moved: int) -> Verdict:
-    """The job's verdict from all its pieces (``piece_frames``), for a video of ``frames_total`` frames."""
+          sampling: Sampling, samples_wanted: int, moved: set[int]) -> Verdict:
+    """The job's verdict from all its pieces (``piece_frames``), for a video of ``frames_total`` frames; ``moved``
+    are the positions of samples the plan moved to a cheaper frame (counted among the frames scored, as the
+    server counts them)."""
     if not pieces:
         raise MergeError("no piece was scored")
     first = pieces[0]
@@ -74,7 +76,8 @@ def merge(pieces: list[dict[str, Any]], fmt: str, fps: float, frames_total: int,
         raise MergeError("no sampled frame could be decoded")
     model = first["model"]
     media = MediaInfo("video", fmt, first["width"], first["height"], frames_total, fps or None)
-    coverage = Coverage(round(duration_s, TIME_DECIMALS), frames_total, samples_moved, samples_wanted - len(frames))
+    coverage = Coverage(round(duration_s, TIME_DECIMALS), frames_total, sum(frame.index in moved for frame in frames),
+                        samples_wanted - len(frames))
     return Verdict.of_video(frames, first["threshold"], media,
                             ModelInfo(model["name"], model["version"], model["backbone"], model["trained"],
                                       model.get("compute", "cpu/fp32")),

@@ -90,11 +90,13 @@ class TorchServeKeys:
                 raise TorchServeBusy(f"renewing the {kind} key: {type(error).__name__}") from error
             if answer.status_code != 200:
                 raise TorchServeBusy(f"renewing the {kind} key: HTTP {answer.status_code}")
-            for _ in range(50):  # the frontend rewrites key_file.json as it answers
+            for _ in range(100):  # the frontend rewrites key_file.json as it answers
                 renewed = self._read()[kind]
                 if renewed.value != current.value:
                     break
                 time.sleep(0.05)
+            else:
+                raise TorchServeBusy(f"renewed the {kind} key, but {self.key_file} still holds the old one")
             self.renewals += 1
             logger.info("renewed TorchServe's %s key (the old one %s)", kind,
                         "was refused" if stale else "was about to expire")
@@ -117,7 +119,10 @@ class TorchServe:
         answer = self._call("management", "GET", f"{self.management_url}/models/{model}")
         if answer.status_code != 200:
             raise PieceRefused(answer.status_code, _error_of(answer))
-        return str(answer.json()[0]["modelVersion"])
+        try:
+            return str(answer.json()[0]["modelVersion"])
+        except (ValueError, LookupError, TypeError) as error:
+            raise PieceRefused(200, {"code": "bad_answer", "message": f"GET /models/{model}: {error!r}"}) from error
 
     def score(self, model: str, version: str, piece: Path, sampling: Sampling) -> dict[str, Any]:
         """The verdict for one piece, scored by exactly ``version``."""
@@ -125,7 +130,10 @@ class TorchServe:
                             data=piece.read_bytes(), headers={"Content-Type": "application/octet-stream",
                                                               SAMPLING_HEADER: str(sampling)})
         if answer.status_code == 200:
-            return answer.json()
+            try:
+                return answer.json()
+            except ValueError as error:
+                raise PieceRefused(200, {"code": "bad_answer", "message": f"not JSON: {answer.text[:200]}"}) from error
         if answer.status_code in (502, 503, 504, 507):
             raise TorchServeBusy(f"TorchServe answered {answer.status_code} for {piece.name}")
         raise PieceRefused(answer.status_code, _error_of(answer))
@@ -140,8 +148,10 @@ class TorchServe:
                                               timeout=self.timeout_s, **options)
             except requests.RequestException as error:
                 raise TorchServeBusy(f"{method} {url}: {type(error).__name__}") from error
-            if not _is_key_refusal(answer) or attempt:
+            if not _is_key_refusal(answer):
                 return answer
+            if attempt:  # refused twice: a renewal elsewhere raced ours; the task retries later
+                raise TorchServeBusy(f"TorchServe refused its {kind} key twice")
             self.keys.refused(kind, key)
         return answer
 

@@ -175,10 +175,16 @@ class LocalJobService:
     api: ManagedProcess
 
     @classmethod
-    def of(cls, settings: JobSettings, redis_port: int = REDIS_PORT) -> LocalJobService:
-        """The parts for ``settings``; with ``DEEPFAKE_JOBS_REDIS_URL`` in the environment, no Redis of our own."""
+    def of(cls, settings: JobSettings, redis_port: int = REDIS_PORT, prepare: bool = True) -> LocalJobService:
+        """The parts for ``settings``; with ``DEEPFAKE_JOBS_REDIS_URL`` in the environment, no Redis of our own.
+        ``prepare=False`` (stop, status) writes nothing and needs no redis-server installed."""
         managed = os.environ.get(PREFIX + "REDIS_URL")
-        server, url = (None, managed) if managed else redis_server(settings.run_dir, redis_port)
+        if managed:
+            server, url = None, managed
+        elif prepare:
+            server, url = redis_server(settings.run_dir, redis_port)
+        else:
+            server, url = ManagedProcess("redis", [], settings.run_dir), settings.redis_url
         env = {**settings.to_env(), PREFIX + "REDIS_URL": url}
         return cls(settings, server, url, celery_worker(settings, env), job_api(settings, env))
 
@@ -224,8 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["start", "stop", "status"])
     args = parser.parse_args(argv)
     settings = JobSettings.from_env()
+    if args.command != "start" and not settings.run_dir.is_dir():
+        print(f"no job service running from {settings.run_dir}")
+        return 0 if args.command == "stop" else 1
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    service = LocalJobService.of(settings)
+    service = LocalJobService.of(settings, prepare=args.command == "start")
     if args.command == "stop":
         running = [p.name for p in service.processes if p.pid() is not None]
         service.stop()

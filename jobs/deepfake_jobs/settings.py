@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepfake_detector.archive import DEFAULT_MODEL_NAME
 from deepfake_detector.config import PipelineSettings
-from deepfake_detector.sampling import parse_sampling
+from deepfake_detector.sampling import MAX_POSITIONS, parse_sampling
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "DEEPFAKE_JOBS_"
@@ -27,7 +27,8 @@ class JobSettings:
 
     run_dir: Path = REPO / ".run" / "jobs"
     """Uploads, the API's key file, Redis's data and the logs."""
-    redis_url: str = "redis://127.0.0.1:6390/0"
+    redis_url: str = field(default="redis://127.0.0.1:6390/0", repr=False)
+    """Its password, if any, stays out of the settings' repr (and so out of logs)."""
     torchserve_run_dir: Path = REPO / ".run"
     """Where TorchServe's ``key_file.json`` is (its API key renews the inference and management keys)."""
     inference_url: str = "http://127.0.0.1:8080"
@@ -49,8 +50,8 @@ class JobSettings:
     piece_samples: int = 16
     """Sampled frames per piece: at most the served version's ``max_frames``."""
     max_piece_bytes: int = 48 * MiB
-    """A piece ends at the first keyframe after it reaches this size: keep it a GOP below TorchServe's
-    ``max_request_size``."""
+    """The packets a piece carries stay within this size (``video``); keep it below TorchServe's
+    ``max_request_size`` with room for the container's framing."""
     key_renew_before_s: float = 300.0
     """TorchServe's keys are renewed this long before they expire (``scoring``)."""
     piece_timeout_s: float = 300.0
@@ -87,6 +88,8 @@ class JobSettings:
                      "visibility_timeout_s", "retention_s", "workers", "max_decode_per_sample"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{PREFIX}{name.upper()} must be at least 1, got {getattr(self, name)}")
+        if self.piece_samples > MAX_POSITIONS:
+            raise ValueError(f"{PREFIX}PIECE_SAMPLES must be at most {MAX_POSITIONS} (one request's at_frames)")
 
     @property
     def uploads(self) -> Path:

@@ -1,6 +1,6 @@
 """Job records in Redis: one hash per job, its pieces' answers, and state changes made atomically.
 
-Every change a worker or the API makes is one Lua script, so two workers (a task redelivered after its worker
+Every change that must happen once is one Lua script, so two workers (a task redelivered after its worker
 died, or a cancel racing the last piece) can never count a piece twice, finish a job twice or revive a
 cancelled one. A piece's answer is stored once per piece number (``HSETNX``): a retried piece overwrites
 nothing and is not counted again. Finished jobs expire after the retention time.
@@ -123,6 +123,10 @@ class JobStore:
     def update(self, job_id: str, **fields: Any) -> None:
         self.redis.hset(_key(job_id), mapping=_encode(fields))
 
+    def attempt(self, job_id: str, what: str) -> int:
+        """Count one more delivery of ``what`` (a job's plan, one of its pieces); returns the count."""
+        return int(self.redis.hincrby(_key(job_id), f"attempts:{what}", 1))
+
     def transition(self, job_id: str, to: State, from_states: tuple[State, ...], error: dict | None = None
                    ) -> State | None:
         """Move the job to ``to`` if it is in one of ``from_states``; the state it left, or None."""
@@ -135,6 +139,12 @@ class JobStore:
         done = self._piece_done(keys=[_pieces_key(job_id), _key(job_id)],
                                 args=[number, json.dumps(answer), samples])
         return None if done < 0 else int(done)
+
+    def get_with_pieces(self, job_id: str) -> tuple[Job | None, dict[int, dict[str, Any]]]:
+        """The record and its pieces' answers, read together (MULTI)."""
+        with self.redis.pipeline() as pipe:
+            raw, pieces = pipe.hgetall(_key(job_id)).hgetall(_pieces_key(job_id)).execute()
+        return (Job(_decode(raw)) if raw else None), {int(n): json.loads(v) for n, v in pieces.items()}
 
     def pieces(self, job_id: str) -> dict[int, dict[str, Any]]:
         return {int(n): json.loads(v) for n, v in self.redis.hgetall(_pieces_key(job_id)).items()}

@@ -24,6 +24,7 @@ from typing import Any
 import requests
 from celery import Celery, Task
 from deepfake_detector.errors import InputError
+from deepfake_detector.media import index_video
 from deepfake_detector.sampling import parse_sampling
 from deepfake_detector.verdict import Verdict, VerdictError
 
@@ -56,6 +57,7 @@ app.conf.update(
     task_track_started=True,
     broker_connection_retry_on_startup=True,
     worker_cancel_long_running_tasks_on_connection_loss=False,
+    task_time_limit=max(120, settings.visibility_timeout_s - 60),  # stopped before Redis would redeliver it
 )
 
 
@@ -75,13 +77,31 @@ def job_folder(job_id: str) -> Path:
     return settings.uploads / job_id
 
 
-@app.task(name="deepfake_jobs.plan", bind=True, max_retries=settings.piece_retries)
+class JobTask(Task):
+    """A task of one job (its first argument): whatever escapes it (retries exhausted, a bug, a Redis error) fails
+    that job with the reason, so no job stays ``running`` with nobody working on it."""
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        job_id = args[0] if args else kwargs.get("job_id")
+        if job_id:
+            fail(job_id, {"code": "internal_error", "message": f"{self.name} failed: {type(exc).__name__}: {exc}"})
+
+
+MAX_CRASHES = 3
+"""Deliveries of one task beyond its retries before its job fails: a video that kills its worker process (a
+decoder crash, memory) fails its own job instead of being requeued for ever."""
+
+
+@app.task(name="deepfake_jobs.plan", bind=True, base=JobTask, max_retries=settings.piece_retries)
 def plan_job(self: Task, job_id: str) -> str:
     """Pin the model version, plan the samples, cut the pieces and send one task per piece."""
     jobs = store()
     job = jobs.get(job_id)
     if job is None or job.state not in ACTIVE:
         return "skipped"
+    if jobs.attempt(job_id, "plan") > settings.piece_retries + MAX_CRASHES:
+        fail(job_id, {"code": "worker_lost", "message": "planning the job stopped its worker again and again"})
+        return "failed"
     if job.state == "running" and job.get("plan"):  # redelivered after the pieces were sent: send the rest
         done = jobs.pieces(job_id)
         for piece in job.get("plan")["pieces"]:
@@ -92,8 +112,8 @@ def plan_job(self: Task, job_id: str) -> str:
     try:
         version = torchserve().default_version(settings.model)
         upload = Path(job.get("path"))
-        planned = video.plan_video(upload, job.get("format"), parse_sampling(job.get("sampling")),
-                                   settings.planning())
+        index = index_video(upload, job.get("format"), settings.planning())
+        planned = video.plan_video(index, parse_sampling(job.get("sampling")), settings.planning())
         pieces = video.cut_pieces(upload, job.get("format"), planned, job_folder(job_id) / "pieces",
                                   settings.piece_samples, settings.max_piece_bytes)
     except TorchServeBusy as error:
@@ -101,9 +121,9 @@ def plan_job(self: Task, job_id: str) -> str:
     except (InputError, PieceRefused) as error:
         fail(job_id, _error_json(error))
         return "failed"
-    index = planned.video.frames
+    frames = planned.video.frames
     jobs.update(job_id, model_version=version, samples_total=len(planned.samples), pieces_total=len(pieces),
-                media={"fps": planned.video.fps, "frames_total": len(index), "duration_s": index.duration_s,
+                media={"fps": planned.video.fps, "frames_total": len(frames), "duration_s": frames.duration_s,
                        "wanted": planned.wanted, "moved": planned.moved},
                 plan={"pieces": [piece.to_json() for piece in pieces]})
     if jobs.get(job_id).state != "running":  # cancelled while planning
@@ -114,15 +134,21 @@ def plan_job(self: Task, job_id: str) -> str:
     return "planned"
 
 
-@app.task(name="deepfake_jobs.score_piece", bind=True, max_retries=settings.piece_retries)
+@app.task(name="deepfake_jobs.score_piece", bind=True, base=JobTask, max_retries=settings.piece_retries)
 def score_piece(self: Task, job_id: str, number: int) -> str:
     """Score one piece with the job's pinned version and store its frames; the last piece finishes the job."""
     jobs = store()
     job = jobs.get(job_id)
     if job is None or job.state != "running":
         return "skipped"
-    if number in jobs.pieces(job_id):
+    if number in jobs.pieces(job_id):  # scored by a delivery whose worker died before finishing the job
+        if jobs.get(job_id).number("pieces_done") >= job.number("pieces_total"):
+            finish(job_id)
         return "already done"
+    if jobs.attempt(job_id, f"piece:{number}") > settings.piece_retries + MAX_CRASHES:
+        fail(job_id, {"code": "worker_lost", "message": f"scoring piece {number} stopped its worker again and "
+                      "again", "piece": number})
+        return "failed"
     piece = video.Piece.from_json(job.get("plan")["pieces"][number])
     path = video.piece_path(job_folder(job_id) / "pieces", number)
     where = {"piece": number, "start_s": piece.times[0], "end_s": piece.times[-1]}
@@ -138,11 +164,11 @@ def score_piece(self: Task, job_id: str, number: int) -> str:
             fail(job_id, {"code": "torchserve_unavailable", "message": str(error), **where})
             return "failed"
         raise self.retry(exc=error, countdown=_backoff(self.request.retries)) from error
-    except (PieceRefused, VerdictError, merge.MergeError, FileNotFoundError) as error:
+    except (PieceRefused, VerdictError, merge.MergeError, OSError) as error:
         fail(job_id, {**_error_json(error), **where})
         return "failed"
     done = jobs.piece_done(job_id, number, kept, len(kept["frames"]))
-    if done is not None and done >= int(job.get("pieces_total")):
+    if done is not None and done >= job.number("pieces_total"):
         finish(job_id)
     return "scored"
 
@@ -155,24 +181,25 @@ def finish(job_id: str) -> None:
     try:
         verdict = merge.merge(list(jobs.pieces(job_id).values()), job.get("format"), media["fps"],
                               media["frames_total"], media["duration_s"], parse_sampling(job.get("sampling")),
-                              media["wanted"], media["moved"])
-    except merge.MergeError as error:
+                              media["wanted"], set(media["moved"]))
+    except (merge.MergeError, ValueError) as error:
         fail(job_id, _error_json(error))
         return
     seconds = time.time() - float(job.get("running_at") or job.get("queued_at"))
     if jobs.finish(job_id, verdict.to_json(), seconds, len(verdict.frames)):
         logger.info("job %s done: %d frames in %.1f s", job_id, len(verdict.frames), seconds)
-        _ended(job_id)
+        ended(job_id)
 
 
 def fail(job_id: str, error: dict[str, Any]) -> None:
     """The job fails with ``error`` (once); its files go, its webhook is called."""
     if store().transition(job_id, "failed", ACTIVE, error) is not None:
         logger.warning("job %s failed: %s", job_id, error.get("message"))
-        _ended(job_id)
+        ended(job_id)
 
 
-def _ended(job_id: str) -> None:
+def ended(job_id: str) -> None:
+    """What follows a job's end, however it ended: its record expires, its files go, its webhook is called."""
     store().expire(job_id, settings.retention_s)
     _clean(job_id)
     if store().get(job_id).get("webhook_url"):
@@ -220,6 +247,6 @@ def _error_json(error: Exception) -> dict[str, Any]:
         code = body.get("error") if isinstance(body.get("error"), str) else body.get("type") or "refused"
         return {"code": code, "message": f"TorchServe answered HTTP {error.status}: "
                 f"{body.get('detail') or body.get('message') or body}", "status": error.status}
-    if isinstance(error, merge.MergeError | VerdictError):
+    if isinstance(error, merge.MergeError | VerdictError | ValueError):
         return {"code": "bad_answer", "message": str(error)}
     return {"code": type(error).__name__, "message": str(error)}

@@ -15,6 +15,7 @@ from pathlib import Path
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 FILE_FIELD = "file"
+FORM_FIELDS = ("sampling", "webhook_url")
 MAX_FIELD_BYTES = 4096
 
 
@@ -81,6 +82,11 @@ async def _multipart(chunks: AsyncIterator[bytes], boundary: bytes, write, uploa
         headers: dict[bytes, bytes] = state["headers"]  # type: ignore[assignment]
         _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
         state["name"] = disposition.get(b"name", b"").decode("utf-8", "replace")
+        if state["name"] not in (FILE_FIELD, *FORM_FIELDS):
+            raise UploadError(400, "bad_multipart", f"unknown form field {str(state['name'])[:40]!r}; send 'file' "
+                              f"and optionally {' and '.join(map(repr, FORM_FIELDS))}")
+        if state["name"] in upload.fields:
+            raise UploadError(400, "bad_multipart", f"the form field {state['name']!r} is sent twice")
         if state["name"] == FILE_FIELD:
             state["files"] = int(state["files"]) + 1  # type: ignore[arg-type]
             if state["files"] > 1:

@@ -68,6 +68,7 @@ from deepfake_detector.untrained import build_detector
 from deepfake_detector.verdict import Verdict
 from deepfake_detector.weights import load_weights, save_weights
 from deepfake_jobs.settings import JobSettings
+from deepfake_jobs.store import ENDED
 from facenet_pytorch import MTCNN
 from PIL import Image
 
@@ -642,7 +643,7 @@ def _job_through(service: JobService, video: Path, timeout_s: float = 3600.0) ->
     job_id = submitted.json()["id"]
     while True:
         status = requests.get(f"{service.url}/jobs/{job_id}", headers=headers, timeout=30).json()
-        if status["state"] in ("done", "failed", "cancelled"):
+        if status["state"] in ENDED:
             break
         if time.perf_counter() - started > timeout_s:
             raise RuntimeError(f"job {job_id} not done after {timeout_s:.0f} s: {status['progress']}")

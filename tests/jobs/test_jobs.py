@@ -154,8 +154,10 @@ def test_a_video_over_the_body_limit_is_scored_as_a_job_like_in_process(
     assert f"deepfake_jobs_frames_scored_total {samples(10)}" in metrics
 
 
-def test_progress_grows_cancel_stops_it_and_another_key_sees_nothing(stack: JobStack, video: Path) -> None:
-    job_id = stack.submit(video, sampling="every_seconds:2").json()["id"]
+def test_progress_grows_cancel_stops_it_and_another_key_sees_nothing(
+        stack: JobStack, video: Path, receiver: Receiver) -> None:
+    webhook = f"http://127.0.0.1:{receiver.server_port}/cancelled"
+    job_id = stack.submit(video, sampling="every_seconds:2", webhook_url=webhook).json()["id"]
     seen = []
     deadline = time.monotonic() + 240
     while len(set(seen)) < 3 and time.monotonic() < deadline:
@@ -182,6 +184,14 @@ def test_progress_grows_cancel_stops_it_and_another_key_sees_nothing(stack: JobS
     assert frozen["frames_done"] < frozen["frames_total"]
     assert requests.get(f"{stack.url}/jobs/{job_id}/result", headers=stack.headers(), timeout=10).status_code == 409
     assert not (stack.settings.uploads / job_id).exists()
+    deadline = time.monotonic() + 30
+    while not any(json.loads(body)["id"] == job_id for _, body in receiver.calls) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [json.loads(body)["state"] for _, body in receiver.calls if json.loads(body)["id"] == job_id] == [
+        "cancelled"]
+    for crafted in (f"{job_id}:pieces", "../etc", "x" * 32):
+        answer = requests.get(f"{stack.url}/jobs/{crafted}", headers=stack.headers(), timeout=10)
+        assert answer.status_code == 404 and answer.json()["code"] == "not_found", (crafted, answer.text)
 
 
 def test_a_job_survives_its_worker_killed_and_counts_every_piece_once(stack: JobStack, video: Path) -> None:
