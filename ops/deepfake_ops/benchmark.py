@@ -579,7 +579,7 @@ def bench_jobs(archive: Path, run_dir: Path, pipeline: DetectionPipeline, media_
     limits: no cap on samples or decoded frames and the job's ``max_decode_per_sample``, so that it scores the
     frames the job plans; it is checked that both scored the same frame indices.
     """
-    planning = JobSettings()
+    planning = JobSettings.from_env()  # DEEPFAKE_JOBS_WORKERS, _PIECE_SAMPLES, ... as `make jobs` reads them
     local = variant(pipeline, max_frames=planning.max_samples, max_decoded_frames=10**9, max_bytes=1 << 30,
                     max_video_seconds=planning.max_video_seconds, max_video_frames=planning.max_video_frames,
                     max_decode_per_sample=planning.max_decode_per_sample)
@@ -588,7 +588,8 @@ def bench_jobs(archive: Path, run_dir: Path, pipeline: DetectionPipeline, media_
     instance = start_private_server(run_dir / "torchserve", archive)
     service: JobService | None = None
     try:
-        service = start_private_jobs(run_dir / "jobs", instance, MODEL_NAME)
+        service = start_private_jobs(run_dir / "jobs", instance, MODEL_NAME, workers=planning.workers,
+                                     piece_samples=planning.piece_samples, max_piece_bytes=planning.max_piece_bytes)
         _job_through(service, warm)
         _in_process(local, warm.read_bytes(), sampling)
         body = video.read_bytes()
