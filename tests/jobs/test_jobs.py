@@ -127,6 +127,8 @@ def test_a_video_over_the_body_limit_is_scored_as_a_job_like_in_process(
     assert status["progress"]["frames_done"] == status["progress"]["frames_total"] == samples(10)
     assert status["progress"]["pieces_total"] > 1
     served = Verdict.from_json(stack.result(job["id"]), "video")
+    assert not (stack.settings.uploads / job["id"]).exists()  # the upload and its pieces went when it ended
+    assert 0 < stack.redis_client().ttl(PREFIX + job["id"]) <= stack.settings.retention_s  # the record expires
 
     pipeline = DetectionPipeline.from_weights(weights_file, PipelineSettings(max_bytes=64 * 1024 * 1024))
     local = pipeline.score(video.read_bytes(), parse_sampling("every_seconds:10"))
