@@ -217,11 +217,26 @@ def sweep(store: JobStore, now: float | None = None) -> list[str]:
     return removed
 
 
+def revive_stalled(store: JobStore) -> list[str]:
+    """Send the missing pieces of running jobs that stalled (``JobSettings.stall_s``) again."""
+    stalled = store.stalled(settings.stall_s)
+    for job_id in stalled:
+        tasks.revive_job.delay(job_id)
+    return stalled
+
+
 async def _sweep_forever(store: JobStore) -> None:
+    """The API's housekeeping: stalled jobs revived, abandoned uploads removed."""
+    elapsed = SWEEP_EVERY_S
+    every = max(1.0, min(SWEEP_EVERY_S, settings.stall_s / 3))
     while True:
         with contextlib.suppress(Exception):
-            await run_in_threadpool(sweep, store)
-        await asyncio.sleep(SWEEP_EVERY_S)
+            await run_in_threadpool(revive_stalled, store)
+            if elapsed >= SWEEP_EVERY_S:
+                await run_in_threadpool(sweep, store)
+                elapsed = 0.0
+        await asyncio.sleep(every)
+        elapsed += every
 
 
 def _time(value: str | None) -> float | None:

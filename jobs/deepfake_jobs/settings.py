@@ -61,6 +61,9 @@ class JobSettings:
     """Retries of a piece TorchServe answers 503 or cannot be reached for, with exponential backoff."""
     visibility_timeout_s: int = 3600
     """Redis redelivers a task not acknowledged within this time (a worker that died): above the longest task."""
+    stall_s: float = 900.0
+    """A running job without progress for this long has its missing pieces sent again (a task lost with its
+    worker, which Redis's redelivery did not bring back); scoring one twice counts it once."""
     retention_s: int = 24 * 3600
     """Uploads, records and results are removed this long after a job ends."""
     webhook_allowlist: str = ""

@@ -25,6 +25,8 @@ GAUGES = "deepfake:jobs:active"
 """Jobs now queued and running, by state."""
 TOTALS = "deepfake:jobs:ended_total"
 """Jobs that ended, by state, since the Redis data began."""
+RUNNING = "deepfake:jobs:running"
+"""The ids of the jobs now running (``stalled`` looks there)."""
 STATS = "deepfake:jobs:stats"
 """Sums over done jobs: seconds from start to end, and frames scored."""
 
@@ -33,8 +35,13 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
 for i = 4, #ARGV do
   if state == ARGV[i] then
-    redis.call('HSET', KEYS[1], 'state', ARGV[1], ARGV[1] .. '_at', ARGV[2])
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], ARGV[1] .. '_at', ARGV[2], 'progress_at', ARGV[2])
     if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
+    if ARGV[1] == 'running' then
+      redis.call('SADD', KEYS[4], redis.call('HGET', KEYS[1], 'id'))
+    else
+      redis.call('SREM', KEYS[4], redis.call('HGET', KEYS[1], 'id'))
+    end
     redis.call('HINCRBY', KEYS[2], state, -1)
     if ARGV[1] == 'queued' or ARGV[1] == 'running' then
       redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
@@ -50,6 +57,7 @@ return false
 _PIECE_DONE = """
 if redis.call('HGET', KEYS[2], 'state') ~= 'running' then return -1 end
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[2], 'progress_at', ARGV[4])
   redis.call('HINCRBY', KEYS[2], 'pieces_done', 1)
   redis.call('HINCRBY', KEYS[2], 'samples_done', ARGV[3])
 end
@@ -59,6 +67,7 @@ return tonumber(redis.call('HGET', KEYS[2], 'pieces_done'))
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'done', 'done_at', ARGV[1], 'result', ARGV[2])
+redis.call('SREM', KEYS[5], redis.call('HGET', KEYS[1], 'id'))
 redis.call('HINCRBY', KEYS[2], 'running', -1)
 redis.call('HINCRBY', KEYS[3], 'done', 1)
 redis.call('HINCRBYFLOAT', KEYS[4], 'seconds', ARGV[3])
@@ -130,14 +139,14 @@ class JobStore:
     def transition(self, job_id: str, to: State, from_states: tuple[State, ...], error: dict | None = None
                    ) -> State | None:
         """Move the job to ``to`` if it is in one of ``from_states``; the state it left, or None."""
-        left = self._transition(keys=[_key(job_id), GAUGES, TOTALS],
+        left = self._transition(keys=[_key(job_id), GAUGES, TOTALS, RUNNING],
                                 args=[to, _now(), json.dumps(error) if error else "", *from_states])
         return left or None
 
     def piece_done(self, job_id: str, number: int, answer: dict[str, Any], samples: int) -> int | None:
         """Store one piece's answer (once); the number of pieces done, or None when the job is not running."""
         done = self._piece_done(keys=[_pieces_key(job_id), _key(job_id)],
-                                args=[number, json.dumps(answer), samples])
+                                args=[number, json.dumps(answer), samples, _now()])
         return None if done < 0 else int(done)
 
     def get_with_pieces(self, job_id: str) -> tuple[Job | None, dict[int, dict[str, Any]]]:
@@ -151,8 +160,22 @@ class JobStore:
 
     def finish(self, job_id: str, result: dict[str, Any], seconds: float, frames: int) -> bool:
         """Store the result and mark the job done, once; False if it is no longer running."""
-        return bool(self._finish(keys=[_key(job_id), GAUGES, TOTALS, STATS],
+        return bool(self._finish(keys=[_key(job_id), GAUGES, TOTALS, STATS, RUNNING],
                                  args=[_now(), json.dumps(result), seconds, frames]))
+
+    def stalled(self, after_s: float, now: float | None = None) -> list[str]:
+        """Running jobs whose pieces were all sent and that made no progress for ``after_s``, each claimed for
+        ``after_s`` (``SET NX``), so that one of several API replicas sends its missing pieces again."""
+        now = time.time() if now is None else now
+        found = []
+        for job_id in self.redis.smembers(RUNNING):
+            job = self.get(job_id)
+            if job is None or job.state != "running" or not job.get("plan"):
+                continue
+            if now - float(job.get("progress_at") or now) > after_s and self.redis.set(
+                    _key(job_id) + ":revived", 1, nx=True, ex=max(1, int(after_s))):
+                found.append(job_id)
+        return found
 
     def expire(self, job_id: str, seconds: int) -> None:
         with self.redis.pipeline() as pipe:

@@ -42,7 +42,11 @@ app = Celery("deepfake_jobs")
 app.conf.update(
     broker_url=settings.redis_url,
     result_backend=settings.redis_url,
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+    # Unacknowledged tasks of a worker that vanished are looked for every few seconds (kombu's default looks
+    # every 100 s), and come back once older than the visibility timeout.
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout_s,
+                              "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 3)),
+                              "unacked_restore_throttle": 1},
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
     result_expires=settings.retention_s,
     task_default_queue=QUEUE,
@@ -103,10 +107,7 @@ def plan_job(self: Task, job_id: str) -> str:
         fail(job_id, {"code": "worker_lost", "message": "planning the job stopped its worker again and again"})
         return "failed"
     if job.state == "running" and job.get("plan"):  # redelivered after the pieces were sent: send the rest
-        done = jobs.pieces(job_id)
-        for piece in job.get("plan")["pieces"]:
-            if piece["number"] not in done:
-                score_piece.delay(job_id, piece["number"])
+        _send_missing(job_id)
         return "resent"
     jobs.transition(job_id, "running", ("queued", "running"))
     try:
@@ -132,6 +133,26 @@ def plan_job(self: Task, job_id: str) -> str:
     for piece in pieces:
         score_piece.delay(job_id, piece.number)
     return "planned"
+
+
+@app.task(name="deepfake_jobs.revive", base=JobTask)
+def revive_job(job_id: str) -> str:
+    """Send a stalled job's missing pieces again (``store.stalled``): a task lost with its worker is scored
+    after all; one that was only slow is answered "already done"."""
+    job = store().get(job_id)
+    if job is None or job.state != "running" or not job.get("plan"):
+        return "skipped"
+    logger.warning("job %s made no progress for %.0f s: sending its missing pieces again", job_id, settings.stall_s)
+    return f"resent {_send_missing(job_id)}"
+
+
+def _send_missing(job_id: str) -> int:
+    jobs = store()
+    done = jobs.pieces(job_id)
+    missing = [piece["number"] for piece in jobs.get(job_id).get("plan")["pieces"] if piece["number"] not in done]
+    for number in missing:
+        score_piece.delay(job_id, number)
+    return len(missing)
 
 
 @app.task(name="deepfake_jobs.score_piece", bind=True, base=JobTask, max_retries=settings.piece_retries)

@@ -29,7 +29,7 @@ from deepfake_detector.sampling import parse_sampling
 from deepfake_detector.verdict import Verdict
 from deepfake_jobs import webhooks
 from deepfake_jobs.scoring import TorchServe
-from deepfake_jobs.store import PREFIX
+from deepfake_jobs.store import PREFIX, JobStore
 from deepfake_ops.load_media import source_video, write_long_video
 from deepfake_ops.torchserve import free_port
 
@@ -95,7 +95,7 @@ def torchserve(start_server, model_store: Path):
 def stack(torchserve, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory) -> Iterator[JobStack]:
     started = JobStack.start_for(
         tmp_path_factory.mktemp("jobs"), torchserve, piece_samples=PIECE_SAMPLES, max_piece_bytes=12 * 1024 * 1024,
-        sampling="every_seconds:10", key_renew_before_s=20, visibility_timeout_s=15, workers=2,
+        sampling="every_seconds:10", key_renew_before_s=20, visibility_timeout_s=15, stall_s=30, workers=2,
         webhook_allowlist=f"http://127.0.0.1:{receiver.server_port}/", max_upload_bytes=64 * 1024 * 1024)
     yield started
     started.stop()
@@ -315,6 +315,23 @@ def test_celerys_event_stream_reports_the_pieces(stack: JobStack, video: Path) -
         output, _ = dump.communicate(timeout=30)
     print(output[-3000:])
     assert "deepfake_jobs.score_piece" in output and "succeeded" in output, output[-2000:]
+
+
+def test_a_stalled_job_is_claimed_once_for_revival(stack: JobStack) -> None:
+    """What the API's housekeeping asks every few seconds: running jobs with no progress for ``stall_s``, each
+    claimed once per period (several API replicas revive it once)."""
+    store = JobStore(stack.redis_url)
+    job_id = store.new_id()
+    store.create(job_id, "nobody", plan={"pieces": []})
+    store.transition(job_id, "running", ("queued",))
+    try:
+        later = time.time() + 2 * stack.settings.stall_s
+        assert job_id not in store.stalled(stack.settings.stall_s)  # it just started
+        assert job_id in store.stalled(stack.settings.stall_s, now=later)
+        assert job_id not in store.stalled(stack.settings.stall_s, now=later)  # claimed
+    finally:
+        store.transition(job_id, "cancelled", ("running",))
+    assert job_id not in store.redis.smembers("deepfake:jobs:running")
 
 
 def test_the_workers_renewed_torchserves_keys(stack: JobStack, torchserve) -> None:
