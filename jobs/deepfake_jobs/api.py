@@ -143,7 +143,10 @@ async def submit(request: Request, key: Owner, sampling: str | None = None,
 
 
 def _owned(request: Request, job_id: str, key: ApiKey) -> Job:
-    job = _store(request).get(job_id) if JOB_ID.fullmatch(job_id) else None
+    return _check_owner(_store(request).get(job_id) if JOB_ID.fullmatch(job_id) else None, job_id, key)
+
+
+def _check_owner(job: Job | None, job_id: str, key: ApiKey) -> Job:
     if job is None or job.owner != key.id:
         raise ApiError(404, "not_found", f"no job {job_id} for this key (jobs expire "
                        f"{settings.retention_s} s after they end)")
@@ -152,10 +155,8 @@ def _owned(request: Request, job_id: str, key: ApiKey) -> Job:
 
 @app.get("/jobs/{job_id}")
 def status(job_id: str, request: Request, key: Owner) -> dict[str, Any]:
-    _owned(request, job_id, key)
-    job, pieces = _store(request).get_with_pieces(job_id)  # one read: the progress and the timeline agree
-    if job is None:
-        raise ApiError(404, "not_found", f"no job {job_id} for this key")
+    job, pieces = _store(request).get_with_pieces(job_id) if JOB_ID.fullmatch(job_id) else (None, {})
+    _check_owner(job, job_id, key)  # one read: the progress and the timeline agree
     return {
         "id": job.id, "state": job.state,
         "queued_at": _time(job.get("queued_at")), "started_at": _time(job.get("running_at")),

@@ -155,6 +155,9 @@ class JobStore:
             raw, pieces = pipe.hgetall(_key(job_id)).hgetall(_pieces_key(job_id)).execute()
         return (Job(_decode(raw)) if raw else None), {int(n): json.loads(v) for n, v in pieces.items()}
 
+    def has_piece(self, job_id: str, number: int) -> bool:
+        return bool(self.redis.hexists(_pieces_key(job_id), number))
+
     def pieces(self, job_id: str) -> dict[int, dict[str, Any]]:
         return {int(n): json.loads(v) for n, v in self.redis.hgetall(_pieces_key(job_id)).items()}
 

@@ -162,7 +162,7 @@ def score_piece(self: Task, job_id: str, number: int) -> str:
     job = jobs.get(job_id)
     if job is None or job.state != "running":
         return "skipped"
-    if number in jobs.pieces(job_id):  # scored by a delivery whose worker died before finishing the job
+    if jobs.has_piece(job_id, number):  # scored by a delivery whose worker died before finishing the job
         if jobs.get(job_id).number("pieces_done") >= job.number("pieces_total"):
             finish(job_id)
         return "already done"

@@ -52,7 +52,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import cv2
 import numpy as np
-import requests
 import torch
 import yaml
 from deepfake_detector.architecture import DeepfakeDetector
@@ -67,8 +66,8 @@ from deepfake_detector.transforms import crop_and_resize, face_region, normalize
 from deepfake_detector.untrained import build_detector
 from deepfake_detector.verdict import Verdict
 from deepfake_detector.weights import load_weights, save_weights
+from deepfake_jobs.client import JobClient
 from deepfake_jobs.settings import JobSettings
-from deepfake_jobs.store import ENDED
 from facenet_pytorch import MTCNN
 from PIL import Image
 
@@ -632,30 +631,22 @@ def bench_jobs(archive: Path, run_dir: Path, pipeline: DetectionPipeline, media_
 
 
 def _job_through(service: JobService, video: Path, timeout_s: float = 3600.0) -> dict[str, Any]:
-    """One job of ``video``: seconds from the upload's start to the poll that saw it done, and its verdict."""
-    headers = {"Authorization": f"Bearer {service.key}"}
+    """One job of ``video`` through the client users have (``deepfake_jobs.client``): seconds from the upload's
+    start to the poll that saw it done, and its verdict."""
+    client = JobClient(service.url, service.key)
+    seen: dict[str, Any] = {}
+
+    def on_progress(status: dict[str, Any]) -> None:
+        seen.update(status=status, at=time.perf_counter())
+
     started = time.perf_counter()
-    with open(video, "rb") as body:
-        submitted = requests.post(f"{service.url}/jobs", data=body, params={"sampling": JOB_SAMPLING},
-                                  headers=headers | {"Content-Type": "application/octet-stream"}, timeout=600)
+    job_id = client.submit(video, sampling=JOB_SAMPLING)["id"]
     upload_s = time.perf_counter() - started
-    if submitted.status_code != 202:
-        raise RuntimeError(f"the job API answered HTTP {submitted.status_code}: {submitted.text[:500]}")
-    job_id = submitted.json()["id"]
-    while True:
-        status = requests.get(f"{service.url}/jobs/{job_id}", headers=headers, timeout=30).json()
-        if status["state"] in ENDED:
-            break
-        if time.perf_counter() - started > timeout_s:
-            raise RuntimeError(f"job {job_id} not done after {timeout_s:.0f} s: {status['progress']}")
-        time.sleep(JOB_POLL_S)
-    seconds = time.perf_counter() - started
-    if status["state"] != "done":
-        raise RuntimeError(f"job {job_id} {status['state']}: {status.get('error')}")
-    answer = requests.get(f"{service.url}/jobs/{job_id}/result", headers=headers, timeout=60)
-    answer.raise_for_status()
-    return {"seconds": seconds, "upload_s": upload_s, "queued_to_end_s": status["ended_at"] - status["queued_at"],
-            "pieces": status["progress"]["pieces_total"], "verdict": Verdict.from_json(answer.json(), "video")}
+    answer = client.wait(job_id, on_progress, poll_s=JOB_POLL_S, timeout_s=timeout_s)
+    status = seen["status"]
+    return {"seconds": seen["at"] - started, "upload_s": upload_s,
+            "queued_to_end_s": status["ended_at"] - status["queued_at"], "pieces": status["progress"]["pieces_total"],
+            "verdict": Verdict.from_json(answer, "video")}
 
 
 def _in_process(pipeline: DetectionPipeline, body: bytes, sampling: Sampling) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from deepfake_detector.archive import DEFAULT_MODEL_NAME, archive_path
-from deepfake_jobs.keys import DEFAULT_KEY_NAME, ensure_key_file
+from deepfake_jobs.client import job_key
 from deepfake_jobs.service import LocalJobService, ManagedProcess, wait_for_api
 from deepfake_jobs.settings import JobSettings
 
@@ -210,13 +210,6 @@ class JobService:
             self.local.stop()
 
 
-def _default_key(settings: JobSettings) -> str:
-    found = ensure_key_file(settings.key_file).named(DEFAULT_KEY_NAME)
-    if found is None:
-        raise RuntimeError(f"no {DEFAULT_KEY_NAME!r} key in {settings.key_file} (python -m deepfake_jobs.keys list)")
-    return found.key
-
-
 def shared_job_service() -> JobService | None:
     """``make jobs``'s service (``DEEPFAKE_JOBS_*`` settings, its default key) when its parts run, else None."""
     settings = JobSettings.from_env()
@@ -226,7 +219,7 @@ def shared_job_service() -> JobService | None:
     if any(process.pid() is None for process in local.processes):
         return None
     wait_for_api(local.url, timeout_s=10, process=local.api)
-    return JobService(local.url, _default_key(settings))
+    return JobService(local.url, job_key(settings.key_file))
 
 
 def start_private_jobs(run_dir: Path, instance: TorchServeInstance, model: str = DEFAULT_MODEL_NAME,
@@ -245,7 +238,7 @@ def start_private_jobs(run_dir: Path, instance: TorchServeInstance, model: str =
     except Exception:
         local.stop()
         raise
-    return JobService(local.url, _default_key(settings), local)
+    return JobService(local.url, job_key(settings.key_file), local)
 
 
 def register_second_name(instance: TorchServeInstance, archive: str, name: str) -> None:
