@@ -9,7 +9,7 @@ NAME ?= deepfake_detector
 MAR := model_store/$(NAME)-$(VERSION).mar
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help install java tini redis mar serve jobs stop status test test-fast lint clean
+.PHONY: help install java tini redis nginx mar serve jobs stop status renew-keys test test-fast lint clean
 
 help:  ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.txt requirements-serving.txt requirements-jobs.
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-install: $(VENV)/.installed java tini redis  ## Create .venv with the pinned requirements (and Java, tini, redis-server if missing)
+install: $(VENV)/.installed java tini redis nginx  ## Create .venv with the pinned requirements (and Java, tini, redis-server, nginx if missing)
 
 java:  ## Make sure Java 11+ is on PATH (TorchServe's frontend), installing it with apt-get if needed
 	@command -v java >/dev/null || { command -v apt-get >/dev/null && \
@@ -38,6 +38,11 @@ redis:  ## Make sure redis-server (the job service's broker and store) is on PAT
 		(apt-get update -qq && apt-get install -y -qq redis-server) || \
 		{ echo "the job service needs redis-server: apt-get install redis-server"; exit 1; }; }
 
+nginx:  ## Make sure nginx and its njs module (the fleet's gateway) are installed, with apt-get if needed
+	@{ command -v nginx >/dev/null && test -e /usr/lib/nginx/modules/ngx_http_js_module.so && command -v openssl >/dev/null; } || \
+		{ command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq nginx-light libnginx-mod-http-js openssl) || \
+		{ echo "the fleet's gateway needs nginx with njs: apt-get install nginx-light libnginx-mod-http-js openssl"; exit 1; }; }
+
 mar: install  ## Build model_store/$(NAME)-$(VERSION).mar (WEIGHTS=file.safetensors, default: untrained seeded)
 	$(PY) -m deepfake_ops.build_mar --name $(NAME) --version $(VERSION) $(if $(WEIGHTS),--weights $(WEIGHTS))
 
@@ -49,22 +54,33 @@ ARCHIVE_SOURCES := $(wildcard handler/*.py detector/deepfake_detector/*.py confi
 $(MAR): $(ARCHIVE_SOURCES)
 	$(MAKE) mar
 
-serve: install $(MAR)  ## Start TorchServe on 127.0.0.1:8080 with the default model, wait for READY, print a curl
-	$(PY) -m deepfake_ops.server start --model $(NAME) --archive $(notdir $(MAR))
+REPLICAS ?= 1
+FLEET_DIR := .run/fleet
+FLEET_RUNNING := $(wildcard $(FLEET_DIR)/fleet.json)
+
+serve: install $(MAR)  ## Start TorchServe on 127.0.0.1:8080 with the default model, wait for READY, print a curl; REPLICAS=N>1: N replicas behind the gateway on 127.0.0.1:8000
+	@if [ "$(REPLICAS)" -gt 1 ]; then \
+		$(PY) -m deepfake_ops.fleet --run-dir $(FLEET_DIR) start --replicas $(REPLICAS) --model $(NAME) --version $(VERSION) \
+			$(if $(TLS_CERT),--tls-certificate $(TLS_CERT)) $(if $(TLS_KEY),--tls-key $(TLS_KEY)); \
+	else $(PY) -m deepfake_ops.server start --model $(NAME) --archive $(notdir $(MAR)); fi
 
 jobs: install  ## Start Redis, the Celery workers and the job API (127.0.0.1:8090) beside `make serve`'s server
 	$(PY) -m deepfake_jobs.service start
 
-stop:  ## Stop what `make serve` and `make jobs` started; waits until no process is left
+stop:  ## Stop what `make serve` (one server or a fleet) and `make jobs` started; waits until no process is left
 	@if [ -x $(PY) ]; then status=0; $(PY) -m deepfake_jobs.service stop || status=1; \
-		$(PY) -m deepfake_ops.server stop || status=1; exit $$status; \
-		else echo "nothing to stop"; fi
+		$(PY) -m deepfake_ops.server stop || status=1; \
+		if [ -e $(FLEET_DIR)/fleet.json ]; then $(PY) -m deepfake_ops.fleet --run-dir $(FLEET_DIR) stop || status=1; fi; \
+		exit $$status; else echo "nothing to stop"; fi
 
-status:  ## Show the running server's versions and workers
-	$(PY) -m deepfake_ops.server status --model $(NAME)
+status:  ## Show the running server's versions and workers (a fleet's: each replica's phase, restarts, key renewals)
+	$(if $(FLEET_RUNNING),$(PY) -m deepfake_ops.fleet --run-dir $(FLEET_DIR) status,$(PY) -m deepfake_ops.server status --model $(NAME))
 
-test: install  ## Every test: tests/unit, tests/handler (no Java), tests/server (real TorchServe), tests/jobs (+ Redis, Celery)
-	$(PY) -m pytest -v tests/unit tests/handler tests/server tests/jobs
+renew-keys:  ## Fleet: renew every replica's TorchServe keys now (each drained first; clients keep their gateway keys)
+	$(PY) -m deepfake_ops.fleet --run-dir $(FLEET_DIR) renew
+
+test: install  ## Every test: tests/unit, tests/handler (no Java), tests/server (real TorchServe), tests/jobs (+ Redis, Celery), tests/fleet (+ nginx)
+	$(PY) -m pytest -v tests/unit tests/handler tests/server tests/jobs tests/fleet
 
 test-fast: install  ## tests/unit and tests/handler: no server, no Java
 	$(PY) -m pytest -v tests/unit tests/handler
@@ -75,7 +91,7 @@ lint: install  ## ruff
 clean:  ## Remove built archives, run folders and caches (keeps .venv)
 	rm -rf model_store/*.mar .run reports .pytest_cache
 
-.PHONY: loadtest loadtest-jobs benchmark load-media soak
+.PHONY: loadtest loadtest-jobs loadtest-fleet benchmark load-media soak
 LOADTEST_USERS ?= 4
 LOADTEST_TIME ?= 60s
 LOADTEST_CLASS ?= MixedUser
@@ -84,7 +100,7 @@ LOADTEST_JOB_USERS ?= 1
 load-media: install  ## Make the load-test media (480p/1080p/4K photos, 720p clip) from real media into reports/media
 	$(PY) -m deepfake_ops.load_media
 
-loadtest: install $(MAR)  ## Headless Locust run (LOADTEST_CLASS/USERS/TIME): CSV, HTML and PNG under reports/loadtest, one summary line
+loadtest: install $(MAR)  ## Headless Locust run (LOADTEST_CLASS/USERS/TIME): CSV, HTML and PNG under reports/loadtest, one summary line; a running fleet through its gateway
 	$(PY) -m deepfake_ops.loadtest --user-class $(LOADTEST_CLASS) --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
 		--model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION))
 
@@ -92,6 +108,11 @@ loadtest-jobs: install $(MAR)  ## 480p photos' p95 alone, then beside LOADTEST_J
 	$(PY) -m deepfake_ops.loadtest --with-jobs --users $(LOADTEST_USERS) --time $(LOADTEST_TIME) \
 		--job-users $(LOADTEST_JOB_USERS) --model $(NAME) $(if $(MODEL_VERSION),--model-version $(MODEL_VERSION)) \
 		$(if $(JOBS_MODEL),--jobs-model $(JOBS_MODEL))
+
+FLEET_REPLICAS ?= 2
+loadtest-fleet: install $(MAR)  ## What the gateway costs: LOADTEST_CLASS on 1 private replica direct, then on FLEET_REPLICAS behind the gateway; the ratio
+	$(PY) -m deepfake_ops.loadtest --fleet-vs-direct $(FLEET_REPLICAS) --user-class $(LOADTEST_CLASS) --users $(LOADTEST_USERS) \
+		--time $(LOADTEST_TIME) --model $(NAME)
 
 SOAK_MINUTES ?= 12
 soak: install $(MAR)  ## Memory soak (SOAK_MINUTES, mixed heavy traffic on a private server): each worker's RSS after warm-up and at the end
@@ -116,7 +137,7 @@ lint-deploy: install  ## Lint the Dockerfile (hadolint) and validate deploy/*.ya
 WORKERS ?= 1
 A ?= 1.0
 B ?= 2.0
-ROLLOUT := $(PY) -m deepfake_ops.rollout --name $(NAME)
+ROLLOUT := $(PY) -m deepfake_ops.rollout --name $(NAME) $(if $(FLEET_RUNNING),--fleet $(FLEET_DIR))
 
 rollout-status: install  ## Versions in model_store/ (sha256, created, trained) beside the server's, workers, default
 	$(ROLLOUT) status

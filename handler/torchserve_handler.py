@@ -25,7 +25,7 @@ if sys.path[:1] != [_ARCHIVE_DIR]:
 
 import torch  # noqa: E402
 from deepfake_detector import archive  # noqa: E402
-from deepfake_detector.audit import AuditLog, AuditSettings, audit_record  # noqa: E402
+from deepfake_detector.audit import AuditLog, AuditSettings, audit_record, trace_token  # noqa: E402
 from deepfake_detector.config import PipelineSettings  # noqa: E402
 from deepfake_detector.cpu_tuning import keep_freed_memory, threads_per_worker, use_cpu_threads  # noqa: E402
 from deepfake_detector.drift import VerdictWindow, window_size  # noqa: E402
@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 _UNDECLARED: set[str] = set()
 _STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large", 415: "Unsupported Media Type",
                    422: "Unprocessable Entity", 500: "Internal Server Error", 503: "Service Unavailable"}
+REQUEST_ID_HEADER = "X-Request-Id"
+CLIENT_HEADER = "X-Deepfake-Client"
+"""Set by the fleet's gateway (config/gateway/gateway_server.conf): the request's id and the client key's name."""
 _RETRY_AFTER_S = "1"  # seconds, on a retryable error: a full temp area drains as the batches in flight finish
 
 
@@ -101,7 +104,8 @@ class DeepfakeDetectorHandler:
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         assert self.pipeline is not None, "initialize() must run before handle()"
         started = time.perf_counter()
-        inputs = [scoring_input(request, _headers(context, index)) for index, request in enumerate(data)]
+        headers = [_headers(context, index) for index in range(len(data))]
+        inputs = [scoring_input(request, headers[index]) for index, request in enumerate(data)]
         accepted = [item for item in inputs if not isinstance(item, RequestError)]
         report = self.pipeline.score_batch([body for body, _ in accepted], [sampling for _, sampling in accepted])
         scored = iter(report.outcomes)
@@ -116,10 +120,13 @@ class DeepfakeDetectorHandler:
             else:
                 self.verdicts.add(outcome.is_fake)
         elapsed_ms = 1000 * (time.perf_counter() - started)
+        traced = [(trace_token(_header(h, REQUEST_ID_HEADER)), trace_token(_header(h, CLIENT_HEADER)))
+                  for h in headers]
         logger.info(
-            "scored batch: requests=%d errors=%d crops=%d ms=%.1f stages_ms=%s",
+            "scored batch: requests=%d errors=%d crops=%d ms=%.1f stages_ms=%s x_request_ids=%s",
             len(data), sum(isinstance(o, RequestError) for o in outcomes), report.crops, elapsed_ms,
             json.dumps({k: round(1000 * v, 1) for k, v in report.stage_seconds.items()}),
+            ",".join(request_id or "-" for request_id, _ in traced),
         )
         stage_ms = {stage: 1000 * seconds for stage, seconds in report.stage_seconds.items()}
         stage_ms["handler"] = elapsed_ms
@@ -129,7 +136,7 @@ class DeepfakeDetectorHandler:
             for index, (item, outcome) in enumerate(zip(inputs, outcomes, strict=True)):
                 self.audit.write(audit_record(
                     _request_id(context, index), None if isinstance(item, RequestError) else item[0], outcome,
-                    self.version, elapsed_ms,
+                    self.version, elapsed_ms, *traced[index],
                 ))
         return [outcome.to_json() for outcome in outcomes]
 
@@ -170,7 +177,7 @@ def request_body(request: dict[str, Any]) -> bytes | InputError:
 def request_sampling(request: dict[str, Any], headers: dict[str, str]) -> Sampling | RequestError | None:
     """The sampling a request asks for (the ``X-Deepfake-Sampling`` header, else a ``sampling`` form field), None
     when it asks for none; a value that cannot be used is that request's 400."""
-    text: Any = next((value for key, value in headers.items() if key.lower() == SAMPLING_HEADER.lower()), None)
+    text: Any = _header(headers, SAMPLING_HEADER)
     if text is None:
         text = request.get(SAMPLING_FIELD)
     if text is None:
@@ -189,6 +196,10 @@ def _headers(context: Any, index: int) -> dict[str, str]:
     if getattr(context, "request_processor", None) is None:
         return {}
     return dict(context.get_all_request_header(index) or {})
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    return next((str(value) for key, value in headers.items() if key.lower() == name.lower()), None)
 
 
 def record_metrics(

@@ -9,10 +9,11 @@ success only if it is HTTP 200 with a REAL/FAKE verdict and names the version th
 
 Which version answered is written, when the run ends, to ``DFD_SERVED_VERSIONS_FILE`` (if set): counts
 per version, failures by kind, and the moments the answering version changed, which shows that the
-promotion and the rollback happened under load.
+promotion and the rollback happened under load. Through the fleet's gateway (``--host`` the gateway,
+``DFD_TOKEN`` a gateway key) the counts are also kept per replica (the ``X-Deepfake-Replica`` header).
 
 =============================  ===================================================================
-``DFD_TOKEN``                  inference token (``key_file.json``'s ``inference.key``)
+``DFD_TOKEN``                  inference token (``key_file.json``'s ``inference.key``), or a gateway key
 ``DFD_MODEL``                  model name (default ``deepfake_detector``)
 ``DFD_WAIT_S``                 mean pause between a user's requests in seconds (default 0.3)
 ``DFD_TIMEOUT_S``              client timeout per request in seconds (default 180)
@@ -47,6 +48,7 @@ if TOKEN:
 FACE_PHOTO = ASTRONAUT.locate().read_bytes()
 SERVED: Counter[str] = Counter()
 FAILED: Counter[str] = Counter()
+BY_REPLICA: dict[str, Counter[str]] = {}
 SWITCHES: list[dict[str, Any]] = []
 
 
@@ -75,10 +77,14 @@ class SteadyClient(FastHttpUser):
             if not SWITCHES or SWITCHES[-1]["version"] != version:
                 SWITCHES.append({"time": time.time(), "version": version})
             SERVED[version] += 1
+            replica = response.headers.get("X-Deepfake-Replica")
+            if replica:
+                BY_REPLICA.setdefault(replica, Counter())[version] += 1
 
 
 @events.test_stop.add_listener
 def write_served_versions(**_: Any) -> None:
     if SERVED_VERSIONS_FILE:
-        summary = {"served": dict(SERVED), "failed": dict(FAILED), "switches": SWITCHES}
+        summary = {"served": dict(SERVED), "failed": dict(FAILED), "switches": SWITCHES,
+                   "by_replica": {name: dict(counts) for name, counts in BY_REPLICA.items()}}
         Path(SERVED_VERSIONS_FILE).write_text(json.dumps(summary))

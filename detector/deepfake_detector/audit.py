@@ -1,6 +1,7 @@
 """An audit trail of verdicts: one JSON line per scored or refused request, in a rotating file.
 
-Each line says who asked (the server's request id), what was sent (the sha256 and size of the body, its
+Each line says who asked (the server's request id; behind the fleet's gateway also the client's key name and
+the ``X-Request-Id`` the gateway logged), what was sent (the sha256 and size of the body, its
 media type) and what was answered (verdict or error, fake probability, model version, latency). The raw
 media is never written: the hash is enough to match a complaint to a file the complainant still holds.
 Where the file goes is a deployment concern, so it is read from the environment, not from the archive:
@@ -17,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,18 +129,31 @@ class AuditLog:
         self._stream = self._open()
 
 
+TRACE_TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+"""What a header-given id or client name must look like to be written (no log injection)."""
+
+
+def trace_token(value: str | None) -> str | None:
+    """A header's id or name when it is a plain token, else None."""
+    return value if value is not None and TRACE_TOKEN.match(value) else None
+
+
 def audit_record(
     request_id: str | None,
     body: bytes | None,
     outcome: Verdict | RequestError,
     model_version: str,
     latency_ms: float,
+    x_request_id: str | None = None,
+    client: str | None = None,
 ) -> dict[str, Any]:
     """The audit line for one request: its verdict, or the error it was refused with."""
     verdict = outcome if isinstance(outcome, Verdict) else None
     record: dict[str, Any] = {
         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds"),
         "request_id": request_id,
+        "x_request_id": trace_token(x_request_id),
+        "client": trace_token(client),
         "sha256": hashlib.sha256(body).hexdigest() if body is not None else None,
         "bytes": len(body) if body is not None else 0,
         "media_type": verdict.media.type if verdict else None,

@@ -5,9 +5,11 @@
     deepfake-loadtest --with-jobs          # `make loadtest-jobs`: photos alone, then beside long-video jobs
 
 If a server started by ``make serve`` is running (``.run/``), it is the target (its token is read from
-``.run/key_file.json``). Otherwise a private TorchServe is started on free loopback ports in
-``reports/loadtest/run`` with ``model_store/deepfake_detector-1.0.mar`` (built if missing) and stopped at
-the end. Locust runs as a subprocess (it monkey-patches sockets; this process keeps plain ``requests``).
+``.run/key_file.json``); a fleet's (``make serve REPLICAS=N``, ``.run/fleet``) is targeted through its
+gateway, with a gateway key made for the run and revoked after it. Otherwise a private TorchServe is
+started on free loopback ports in ``reports/loadtest/run`` with ``model_store/deepfake_detector-1.0.mar``
+(built if missing) and stopped at the end. Locust runs as a subprocess (it monkey-patches sockets; this
+process keeps plain ``requests``).
 
 ``--with-jobs`` asks what long videos scored as jobs cost the photos served beside them: ImageUser alone
 (``--users``, ``--time``), then the same ImageUsers with ``--job-users`` JobUsers submitting a long 720p video
@@ -16,11 +18,16 @@ prints the photos' p95 of both phases and jobs finished per minute, and writes t
 The job service is ``make jobs``'s when it runs beside ``make serve``'s server; otherwise a private one
 (Redis, a Celery worker, the job API on free ports, in ``reports/loadtest/jobs-run``) in front of the server
 used, stopped at the end.
+
+``--fleet-vs-direct N`` asks what the gateway costs: the same Locust run (``--user-class``, ``--users``,
+``--time``) on one private TorchServe directly, then on a private fleet of N replicas behind the gateway,
+one after the other on this machine; it prints both and their throughput ratio, as JSON beside the CSVs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -28,19 +35,23 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from deepfake_detector.archive import DEFAULT_MODEL_NAME, archive_path
+from deepfake_detector.archive import DEFAULT_MODEL_NAME, Archive, archive_path
 from deepfake_jobs.client import job_key
 from deepfake_jobs.service import LocalJobService, ManagedProcess, wait_for_api
 from deepfake_jobs.settings import JobSettings
 
+from . import fleet
 from .build_mar import build_archive
+from .gateway import Gateway
+from .gateway_keys import GatewayKeys
 from .load_media import DEFAULT_MEDIA_DIR, PHOTO_HEIGHTS, long_video, make_load_media
 from .paths import MODEL_STORE, REPO, REPORTS, RUN_DIR
+from .replicas import FLEET_DIR, FleetLayout
 from .torchserve import TorchServeInstance, free_port
 
 LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
@@ -384,6 +395,66 @@ def run_with_jobs(
     return JobsComparison(phases[0], phases[1], str(video), sampling)
 
 
+@contextlib.contextmanager
+def gateway_key(layout: FleetLayout, name: str) -> Iterator[str]:
+    """A gateway key for one run, with a rate no load test reaches; revoked at the end."""
+    keys = GatewayKeys(layout.key_file)
+    key = keys.add(name, rate_per_s=100_000, burst=100_000)
+    gateway = Gateway(layout.gateway_dir)
+    gateway.reload_keys(keys.all())
+    try:
+        yield key
+    finally:
+        keys.revoke(name)
+        if gateway.pid() is not None:
+            gateway.reload_keys(keys.all())
+
+
+@dataclass
+class GatewayCost:
+    replicas: int
+    direct: LocustSummary
+    through_gateway: LocustSummary
+
+    @property
+    def ratio(self) -> float:
+        return self.through_gateway.steady_requests_per_s / max(self.direct.steady_requests_per_s, 1e-9)
+
+    def line(self) -> str:
+        return (f"1 replica direct: {self.direct.line()}\n{self.replicas} replicas through the gateway: "
+                f"{self.through_gateway.line()}\nthroughput gateway/direct: {self.ratio:.2f}x")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"replicas": self.replicas, "direct": self.direct.as_dict(),
+                "through_gateway": self.through_gateway.as_dict(), "ratio": self.ratio}
+
+
+def run_fleet_vs_direct(archive: Path, replicas: int, report_dir: Path, prefix: Path, user_class: str,
+                        users: int, run_time: str, extra_env: dict[str, str]) -> GatewayCost:
+    """One private server, then a private fleet of ``replicas`` on the same archive, one after the other."""
+    model = extra_env.get("DFD_MODEL", DEFAULT_MODEL_NAME)
+    body = make_load_media().photos_of_size("480p")[0].read_bytes()
+    instance = start_private_server(report_dir / "run", archive)
+    try:
+        warm_up(instance, model, None, body)
+        direct = run_locust(instance.inference_url, instance.keys()["inference"], Path(f"{prefix}-direct"),
+                            user_class, users, run_time, extra_env=extra_env)
+    finally:
+        instance.stop()
+    layout = FleetLayout.plan(report_dir / "fleet-run", replicas, free_ports=True, model=model,
+                              model_store=archive.parent.resolve(), start_version=Archive(archive).manifest().version)
+    fleet.start(layout)
+    try:
+        with gateway_key(layout, "loadtest") as key:
+            for spec in layout.replicas:
+                warm_up(layout.instance(spec), model, None, body)
+            through = run_locust(layout.gateway_url, key, Path(f"{prefix}-gateway"), user_class, users, run_time,
+                                 extra_env=extra_env)
+    finally:
+        fleet.stop(layout)
+    return GatewayCost(replicas, direct, through)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--user-class", default="MixedUser", choices=["ImageUser", "VideoUser", "MixedUser"])
@@ -404,11 +475,39 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("--jobs-model", default="",
                       help="private server: register the archive a second time under this name, with its own "
                            "worker, and score the jobs' pieces there (job traffic isolated from the photos')")
+    parser.add_argument("--fleet-vs-direct", type=int, default=0, metavar="N",
+                        help="one private server directly, then a private fleet of N replicas behind the gateway")
     jobs.add_argument("--image-size", default="480p", choices=list(PHOTO_HEIGHTS),
                       help="the photos' one size (one row, so that its percentiles are exact)")
     args = parser.parse_args(argv)
 
     args.report_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    env = {"DFD_MODEL": args.model, "DFD_MODEL_VERSION": args.model_version}
+    if args.fleet_vs_direct:
+        if not args.archive.exists():
+            build_archive("1.0", name=args.model, model_store=args.archive.parent, golden_requests=True)
+        prefix = args.report_dir / f"gateway-{args.user_class}-{stamp}"
+        cost = run_fleet_vs_direct(args.archive, args.fleet_vs_direct, args.report_dir, prefix, args.user_class,
+                                   args.users, args.time, env)
+        Path(f"{prefix}.json").write_text(json.dumps(cost.as_dict(), indent=2))
+        print(f"reports: {prefix}-direct_stats.csv, {prefix}-gateway_stats.csv, {prefix}.json")
+        print(cost.line())
+        failures = cost.direct.failures + cost.through_gateway.failures
+        return 0 if failures == 0 and cost.through_gateway.requests > 0 else 1
+    running_fleet = FleetLayout.load(FLEET_DIR) if (FLEET_DIR / "fleet.json").exists() else None
+    if running_fleet is not None and fleet.keeper_pid(running_fleet) is not None:
+        if args.with_jobs:
+            print("error: --with-jobs runs beside one server (`make serve`), not a fleet", file=sys.stderr)
+            return 1
+        prefix = args.report_dir / f"{args.user_class}-gateway-{stamp}"
+        with gateway_key(running_fleet, f"loadtest-{stamp}") as key:
+            summary = run_locust(running_fleet.gateway_url, key, prefix, args.user_class, args.users, args.time,
+                                 html=Path(f"{prefix}.html"), extra_env=env)
+        plot = plot_history(prefix, Path(f"{prefix}.png"))
+        print(f"reports: {prefix}_stats.csv, {prefix}_stats_history.csv, {prefix}.html, {plot}")
+        print(f"{args.user_class} x{args.users} for {args.time} through the gateway: {summary.line()}")
+        return 0 if summary.failures == 0 and summary.requests > 0 else 1
     video = long_video(DEFAULT_MEDIA_DIR, args.job_seconds) if args.with_jobs else None  # before any server idles
     shared = TorchServeInstance(run_dir=RUN_DIR)
     instance, private = (shared, False) if shared.pid() is not None else (None, True)
@@ -418,8 +517,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no `make serve` server running: starting a private one with {args.archive.name}", flush=True)
         instance = start_private_server(args.report_dir / "run", args.archive)
     assert instance is not None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    env = {"DFD_MODEL": args.model, "DFD_MODEL_VERSION": args.model_version}
     service: JobService | None = None
     try:
         media = make_load_media()

@@ -11,6 +11,8 @@ becomes a :class:`ServerRefusal` whose message is one line: what failed and what
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import fcntl
 import json
 import os
 import shutil
@@ -19,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,6 +206,36 @@ class TorchServeInstance:
                     raise ServerError(f"no key file at {self.key_file}: did TorchServe start?") from None
                 time.sleep(0.2)
 
+    def key_expiry(self, kind: str) -> float:
+        """When the ``inference`` or ``management`` key in the key file expires (a Unix time)."""
+        text = str(json.loads(self.key_file.read_text())[kind]["expiration time"])
+        whole, _, fraction = text.rstrip("Z").partition(".")  # 2026-12-01T17:04:41.586898916Z: nanoseconds
+        moment = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.timezone.utc)
+        return moment.timestamp() + float(f"0.{fraction or 0}")
+
+    def renew_keys(self, kinds: tuple[str, ...] = ("inference", "management"),
+                   timeout_s: float = 30.0) -> dict[str, str]:
+        """New keys from TorchServe (``POST /token?type=KIND`` with the API key, which never expires); the old
+        ones stop working at once. Under the key file's lock, the one the job workers take to renew."""
+        with locked(self.key_file.with_name(self.key_file.name + ".lock")):
+            old = self.keys()
+            for kind in kinds:
+                try:
+                    answer = requests.post(f"{self.management_url}/token", params={"type": kind},
+                                           headers={"Authorization": f"Bearer {old['api']}"}, timeout=timeout_s)
+                except requests.RequestException as error:
+                    raise ServerError(f"renewing the {kind} key: {type(error).__name__}") from None
+                if answer.status_code != 200:
+                    raise ServerError(f"renewing the {kind} key: HTTP {answer.status_code}")
+            deadline = time.monotonic() + timeout_s
+            while True:  # the frontend rewrites key_file.json as it answers
+                new = self.keys()
+                if all(new[kind] != old[kind] for kind in kinds):
+                    return new
+                if time.monotonic() > deadline:
+                    raise ServerError(f"renewed the keys, but {self.key_file} still holds an old one")
+                time.sleep(0.02)
+
     def headers(self, kind: str = "inference") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.keys()[kind]}"}
 
@@ -275,6 +307,17 @@ def read_properties(path: Path) -> dict[str, str]:
     return parse_properties(path.read_text()) if path.exists() else {}
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (made if missing) for as long as the block runs."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _reap(pid: int) -> None:
     """Collect the leader if it is our child, so it does not linger as a zombie."""
     with contextlib.suppress(ChildProcessError):
@@ -301,6 +344,9 @@ class Endpoint:
     run_dir: Path = RUN_DIR
     tokens_from_environment: bool = True
     """``TS_MANAGEMENT_TOKEN`` / ``TS_INFERENCE_TOKEN`` win over the key file (a server started elsewhere)."""
+    fixed_token: str | None = None
+    """One key for both kinds, instead of the key file: an operator key for a replica's sidecar, which adds
+    the replica's own TorchServe keys (``deepfake_ops.gateway``)."""
 
     @property
     def key_file(self) -> Path:
@@ -324,7 +370,9 @@ class Endpoint:
         )
 
     def token(self, kind: str) -> str:
-        """The ``management`` or ``inference`` token: from the environment, else from the key file."""
+        """The ``management`` or ``inference`` token: fixed, from the environment, else from the key file."""
+        if self.fixed_token:
+            return self.fixed_token
         from_env = os.environ.get(TOKEN_ENV[kind]) if self.tokens_from_environment else None
         if from_env:
             return from_env
@@ -362,15 +410,18 @@ class TorchServeClient:
     ) -> Any:
         """Call the management API; ``action`` and ``hints`` (status -> what to do) shape errors."""
         url = self.endpoint.management_url + path
-        headers = {"Authorization": f"Bearer {self.endpoint.token('management')}"}
-        try:
-            answer = self.session.request(method, url, params=params, headers=headers,
-                                          timeout=timeout_s or self.timeout_s)
-        except requests.ConnectionError:
-            raise self._unreachable(self.endpoint.management_url, action) from None
-        except requests.Timeout:
-            raise ServerRefusal(f"{action}: no answer from {url} within {timeout_s or self.timeout_s:.0f} s; "
-                                f"see {self.endpoint.run_dir / 'logs'}") from None
+        for attempt in range(2):
+            token = self.endpoint.token("management")
+            try:
+                answer = self.session.request(method, url, params=params, headers={"Authorization": f"Bearer {token}"},
+                                              timeout=timeout_s or self.timeout_s)
+            except requests.ConnectionError:
+                raise self._unreachable(self.endpoint.management_url, action) from None
+            except requests.Timeout:
+                raise ServerRefusal(f"{action}: no answer from {url} within {timeout_s or self.timeout_s:.0f} s; "
+                                    f"see {self.endpoint.run_dir / 'logs'}") from None
+            if not (attempt == 0 and self._renewed_meanwhile(answer, "management", token)):
+                break
         if answer.status_code >= 300:
             raise self.refusal(answer, action, "management", hints or {})
         return answer.json() if answer.content else None
@@ -378,17 +429,20 @@ class TorchServeClient:
     def predict(self, model: str, version: str | None, body: bytes) -> Prediction:
         """POST raw bytes to /predictions/MODEL[/VERSION]; HTTP errors are returned, not raised."""
         path = f"/predictions/{model}" + (f"/{version}" if version else "")
-        headers = {"Authorization": f"Bearer {self.endpoint.token('inference')}",
-                   "Content-Type": "application/octet-stream"}
-        started = time.perf_counter()
-        try:
-            answer = self.session.post(self.endpoint.inference_url + path, data=body, headers=headers,
-                                       timeout=self.timeout_s)
-        except requests.ConnectionError:
-            raise self._unreachable(self.endpoint.inference_url, f"POST {path}") from None
-        except requests.Timeout:
-            raise ServerRefusal(f"POST {path}: no answer within {self.timeout_s:.0f} s (TorchServe gives up on a "
-                                f"batch after responseTimeout); see {self.endpoint.run_dir / 'logs'}") from None
+        for attempt in range(2):
+            token = self.endpoint.token("inference")
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+            started = time.perf_counter()
+            try:
+                answer = self.session.post(self.endpoint.inference_url + path, data=body, headers=headers,
+                                           timeout=self.timeout_s)
+            except requests.ConnectionError:
+                raise self._unreachable(self.endpoint.inference_url, f"POST {path}") from None
+            except requests.Timeout:
+                raise ServerRefusal(f"POST {path}: no answer within {self.timeout_s:.0f} s (TorchServe gives up on "
+                                    f"a batch after responseTimeout); see {self.endpoint.run_dir / 'logs'}") from None
+            if not (attempt == 0 and self._renewed_meanwhile(answer, "inference", token)):
+                break
         seconds = time.perf_counter() - started
         try:
             content: Any = answer.json()
@@ -397,6 +451,19 @@ class TorchServeClient:
         if _is_token_refusal(answer.status_code, content):
             raise self.refusal(answer, f"POST {path}", "inference", {})
         return Prediction(answer.status_code, content, seconds)
+
+    def _renewed_meanwhile(self, answer: requests.Response, kind: str, token: str) -> bool:
+        """The server refused a key that the key file no longer holds (renewed during the call): ask again."""
+        try:
+            refused = _is_token_refusal(answer.status_code, answer.json())
+        except ValueError:
+            refused = answer.status_code == 401
+        if not refused:
+            return False
+        try:
+            return self.endpoint.token(kind) != token
+        except ServerRefusal:
+            return False
 
     def refusal(
         self, answer: requests.Response, action: str, kind: str, hints: dict[int, str],
