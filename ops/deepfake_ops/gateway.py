@@ -21,7 +21,6 @@ second (``deploy/deepfake-fleet.yaml``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pwd
@@ -36,7 +35,7 @@ from pathlib import Path
 
 from .gateway_keys import GatewayKey, render_key_files
 from .paths import CONFIG_DIR, RUN_DIR
-from .torchserve import CONFIG_TEMPLATE, read_properties
+from .torchserve import CONFIG_TEMPLATE, live_group_leader, read_properties
 
 TEMPLATES = CONFIG_DIR / "gateway"
 JS_MODULE_CANDIDATES = (Path("/usr/lib/nginx/modules/ngx_http_js_module.so"),
@@ -249,17 +248,7 @@ class Gateway:
             time.sleep(0.05)
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        try:
-            os.killpg(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return None
-        return pid
+        return live_group_leader(self.pid_file)
 
     def workers(self) -> dict[int, bool]:
         """The master's worker processes: pid -> whether it is an old one finishing its requests."""

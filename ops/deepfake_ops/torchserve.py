@@ -183,16 +183,7 @@ class TorchServeInstance:
 
     def pid(self) -> int | None:
         """The process group's leader if it is alive."""
-        try:
-            pid = int(self.pid_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        _reap(pid)  # a leader that exited (e.g. a port taken) must not linger as a live-looking zombie
-        try:
-            os.killpg(pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return None
-        return pid
+        return live_group_leader(self.pid_file)
 
     def keys(self, wait_s: float = 30.0) -> dict[str, str]:
         """TorchServe's current tokens: {"management": ..., "inference": ..., "api": ...}, waiting for the
@@ -316,6 +307,21 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def live_group_leader(pid_file: Path) -> int | None:
+    """The process group leader named in ``pid_file`` if its group is alive (a leader that exited, e.g. on a
+    taken port, is reaped first, so that it does not linger as a live-looking zombie)."""
+    try:
+        pid = int(Path(pid_file).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    _reap(pid)
+    try:
+        os.killpg(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return None
+    return pid
 
 
 def _reap(pid: int) -> None:
