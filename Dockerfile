@@ -2,7 +2,8 @@
 # TorchServe's own 0.12.0 images ship 3.9):
 #   docker build -t deepfake-detector:cpu .                     (make docker)
 #   docker build --target gpu -t deepfake-detector:gpu .        (make docker VARIANT=gpu)
-# The job service's image, without torch or Java, is the `jobs` target below.
+# The job service's image, without torch or Java, is the `jobs` target below; the fleet's gateway and sidecars,
+# nginx with the operator package's light modules, the `fleet` target.
 # torch 2.14.1 from PyPI carries its own CUDA 13.0 runtime (the nvidia-* wheels it pins), so both variants
 # install the same packages and the GPU one's torch and CUDA always match; a GPU node needs an NVIDIA
 # driver for CUDA 13.0 (R580 or newer) and the NVIDIA container runtime. The archives in model_store/ are
@@ -86,6 +87,37 @@ EXPOSE 8090
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["sh", "-c", \
      "exec uvicorn deepfake_jobs.api:app --host \"$DEEPFAKE_JOBS_API_HOST\" --port \"$DEEPFAKE_JOBS_API_PORT\""]
+
+# The fleet's gateway and each replica's sidecar (deploy/deepfake-fleet.yaml): nginx with its njs module, and of
+# the checkout the two packages deepfake_ops.pod imports (no torch, no Java) and config/ (the gateway's templates,
+# TorchServe's limits).
+#   docker build --target fleet -t deepfake-fleet:0.1.0 .
+FROM python:3.11-slim-bookworm AS fleet
+
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx-light libnginx-mod-http-js tini \
+    && rm -rf /var/lib/apt/lists/*
+
+COPY requirements-fleet.txt /tmp/requirements-fleet.txt
+RUN python -m pip install --no-cache-dir -r /tmp/requirements-fleet.txt \
+    && rm /tmp/requirements-fleet.txt
+
+ENV APP_HOME=/srv/deepfake \
+    PYTHONPATH=/srv/deepfake/lib \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+COPY detector/deepfake_detector/ /srv/deepfake/lib/deepfake_detector/
+COPY ops/deepfake_ops/ /srv/deepfake/lib/deepfake_ops/
+COPY config/ /srv/deepfake/config/
+COPY deploy/image/prepare.sh /srv/deepfake/bin/prepare.sh
+RUN /srv/deepfake/bin/prepare.sh
+
+USER 10001
+WORKDIR /srv/deepfake/var
+EXPOSE 8000 8443 8444
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["python", "-m", "deepfake_ops.pod", "gateway"]
 
 # The CPU variant, the default target (last stage). It carries the same CUDA libraries, unused.
 FROM base AS cpu

@@ -58,8 +58,8 @@ REPLICAS ?= 1
 FLEET_DIR := .run/fleet
 FLEET_RUNNING := $(wildcard $(FLEET_DIR)/fleet.json)
 
-serve: install $(MAR)  ## Start TorchServe on 127.0.0.1:8080 with the default model, wait for READY, print a curl; REPLICAS=N>1: N replicas behind the gateway on 127.0.0.1:8000
-	@if [ "$(REPLICAS)" -gt 1 ]; then \
+serve: install $(MAR)  ## Start TorchServe on 127.0.0.1:8080 with the default model, wait for READY, print a curl; REPLICAS=N>1 (or GATEWAY=1): N replicas behind the gateway on 127.0.0.1:8000
+	@if [ "$(REPLICAS)" -gt 1 ] || [ -n "$(GATEWAY)" ]; then \
 		$(PY) -m deepfake_ops.fleet --run-dir $(FLEET_DIR) start --replicas $(REPLICAS) --model $(NAME) --version $(VERSION) \
 			$(if $(TLS_CERT),--tls-certificate $(TLS_CERT)) $(if $(TLS_KEY),--tls-key $(TLS_KEY)); \
 	else $(PY) -m deepfake_ops.server start --model $(NAME) --archive $(notdir $(MAR)); fi
@@ -110,9 +110,10 @@ loadtest-jobs: install $(MAR)  ## 480p photos' p95 alone, then beside LOADTEST_J
 		$(if $(JOBS_MODEL),--jobs-model $(JOBS_MODEL))
 
 FLEET_REPLICAS ?= 2
-loadtest-fleet: install $(MAR)  ## What the gateway costs: LOADTEST_CLASS on 1 private replica direct, then on FLEET_REPLICAS behind the gateway; the ratio
+LOADTEST_ROUNDS ?= 2
+loadtest-fleet: install $(MAR)  ## What the gateway costs: LOADTEST_CLASS on 1 private replica direct, then 1 and FLEET_REPLICAS behind the gateway, LOADTEST_ROUNDS rounds; the ratios
 	$(PY) -m deepfake_ops.loadtest --fleet-vs-direct $(FLEET_REPLICAS) --user-class $(LOADTEST_CLASS) --users $(LOADTEST_USERS) \
-		--time $(LOADTEST_TIME) --model $(NAME)
+		--time $(LOADTEST_TIME) --rounds $(LOADTEST_ROUNDS) --model $(NAME)
 
 SOAK_MINUTES ?= 12
 soak: install $(MAR)  ## Memory soak (SOAK_MINUTES, mixed heavy traffic on a private server): each worker's RSS after warm-up and at the end

@@ -46,7 +46,7 @@ from .gateway_keys import GatewayKeys
 from .paths import MODEL_STORE
 from .replicas import FLEET_DIR, FleetLayout, LayoutError, ReplicaSpec
 from .rollout import RolloutError, RolloutHistory, default_version, registered_versions, set_default, worker_states
-from .torchserve import ServerError, ServerRefusal, TorchServeInstance, read_keys
+from .torchserve import ServerError, ServerRefusal, TorchServeClient, TorchServeInstance, read_keys
 
 logger = logging.getLogger("deepfake_ops.fleet")
 REPORT_FILE = "keeper.json"
@@ -180,38 +180,14 @@ class FleetKeeper:
         self._set_phase(spec, "starting", self.states[spec.name].problem)
 
     def _joined(self, spec: ReplicaSpec) -> bool:
-        """One step towards the desired state; True once the replica serves it (every desired version READY,
-        the desired default set)."""
-        instance, model = self.instances[spec.name], self.layout.model
+        instance = self.instances[spec.name]
         if not instance.key_file.exists():
             return False
-        client = instance.client(timeout_s=10)
-        desired_default, versions = RolloutHistory.load(self.layout.history_path).desired(model)
-        try:
-            registered = registered_versions(client, model)
-        except ServerRefusal:
-            return False  # still starting
-        for version in versions:
-            if version not in registered:
-                logger.info("%s lacks %s %s: registering it", spec.name, model, version)
-                client.management("POST", "/models", f"register {version}", params={
-                    "url": archive_file_name(model, version), "initial_workers": self.layout.workers,
-                    "synchronous": "false"})
-                return False
-            states = worker_states(registered[version])
-            if not states or any(s != "READY" for s in states):
-                return False
-        if desired_default is not None and default_version(client, model) != desired_default:
-            set_default(client, model, desired_default, f"{spec.name}: set the desired default {desired_default}")
-            logger.info("%s: default set to the desired %s", spec.name, desired_default)
-        return True
+        return join_step(instance.client(timeout_s=HEALTH_TIMEOUT_S), self.layout.model, self.layout.history_path,
+                         self.layout.workers, spec.name)
 
     def _healthy(self, instance: TorchServeInstance) -> bool:
-        try:
-            described = instance.client(timeout_s=HEALTH_TIMEOUT_S).describe(self.layout.model)[0]
-        except (ServerRefusal, IndexError, KeyError):
-            return False
-        return any(worker.get("status") == "READY" for worker in described.get("workers", []))
+        return serves(instance.client(timeout_s=HEALTH_TIMEOUT_S), self.layout.model)
 
     # ------------------------------------------------------------------------------------------- keys
 
@@ -269,6 +245,47 @@ class FleetKeeper:
         path = self.layout.run_dir / REPORT_FILE
         path.with_suffix(".tmp").write_text(json.dumps(report, indent=1))
         os.replace(path.with_suffix(".tmp"), path)
+
+
+def join_step(client: TorchServeClient, model: str, history_path: Path, workers: int | None = None,
+              replica: str = "replica") -> bool:
+    """One step towards the desired state (``rollout_history.json``: on one machine the fleet's, in a cluster the
+    mounted ConfigMap); True once the replica serves it: every desired version registered with all its workers
+    READY, and the desired default set. A missing version is registered without waiting (the next step sees
+    it loading)."""
+    if not Path(history_path).exists():
+        raise RolloutError(f"no desired state at {history_path} (in a cluster: mount the deepfake-fleet-state "
+                           "ConfigMap)")
+    desired_default, versions = RolloutHistory.load(Path(history_path)).desired(model)
+    try:
+        registered = registered_versions(client, model)
+    except ServerRefusal:
+        return False  # still starting
+    for version in versions:
+        if version not in registered:
+            logger.info("%s lacks %s %s: registering it", replica, model, version)
+            params: dict[str, Any] = {"url": archive_file_name(model, version), "synchronous": "false"}
+            if workers:
+                params["initial_workers"] = workers
+            client.management("POST", "/models", f"register {version}", params=params,
+                              hints={404: f"{archive_file_name(model, version)} is not in this pod's model store"})
+            return False
+        states = worker_states(registered[version])
+        if not states or any(state != "READY" for state in states):
+            return False
+    if desired_default is not None and default_version(client, model) != desired_default:
+        set_default(client, model, desired_default, f"{replica}: set the desired default {desired_default}")
+        logger.info("%s: default set to the desired %s", replica, desired_default)
+    return True
+
+
+def serves(client: TorchServeClient, model: str) -> bool:
+    """The model's default version has a READY worker."""
+    try:
+        described = client.describe(model)[0]
+    except (ServerRefusal, IndexError, KeyError):
+        return False
+    return any(worker.get("status") == "READY" for worker in described.get("workers", []))
 
 
 def open_connections(port: int) -> int:

@@ -85,6 +85,8 @@ class GatewaySettings:
     """How many replicas one request may be tried on (the first and the retries); 0: every replica."""
     serve_gateway: bool = True
     """False in a replica's pod: sidecar blocks only."""
+    serve_sidecars: bool = True
+    """False in a cluster's gateway: the sidecars run in the replicas' pods."""
 
     @property
     def url(self) -> str:
@@ -195,7 +197,7 @@ class Gateway:
             if not routes:
                 raise GatewayError("a gateway needs at least one replica")
             (self.run_dir / "upstream_servers.conf").write_text("\n".join(lines) + "\n")
-        for route in routes:
+        for route in routes if settings.serve_sidecars else []:
             if not self.state_file(route.name).exists():
                 self.publish(route.name, ReplicaState(in_service=False))
             (servers / f"sidecar-{route.name}.conf").write_text(_fill((TEMPLATES / "sidecar.conf").read_text(), {

@@ -20,8 +20,9 @@ The job service is ``make jobs``'s when it runs beside ``make serve``'s server; 
 used, stopped at the end.
 
 ``--fleet-vs-direct N`` asks what the gateway costs: the same Locust run (``--user-class``, ``--users``,
-``--time``) on one private TorchServe directly, then on a private fleet of N replicas behind the gateway,
-one after the other on this machine; it prints both and their throughput ratio, as JSON beside the CSVs.
+``--time``) on one private TorchServe directly, then on private fleets of 1 and N replicas behind the gateway,
+one after the other on this machine, in ``--rounds`` rounds; it prints each run and the median over the rounds
+of each fleet's throughput ratio to that round's direct run, and writes them as JSON beside the CSVs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import csv
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -412,47 +414,69 @@ def gateway_key(layout: FleetLayout, name: str) -> Iterator[str]:
 
 @dataclass
 class GatewayCost:
-    replicas: int
-    direct: LocustSummary
-    through_gateway: LocustSummary
+    """Rounds of: one replica direct, then fleets behind the gateway (1 replica: what the gateway itself costs;
+    N: what N replicas buy on this machine). Each round's ratios are taken against that round's direct run, so
+    that the machine's drift between rounds cancels out."""
 
-    @property
-    def ratio(self) -> float:
-        return self.through_gateway.steady_requests_per_s / max(self.direct.steady_requests_per_s, 1e-9)
+    rounds: list[dict[str, LocustSummary]]
+
+    def ratios(self, phase: str) -> list[float]:
+        return [run[phase].steady_requests_per_s / max(run["direct"].steady_requests_per_s, 1e-9)
+                for run in self.rounds]
 
     def line(self) -> str:
-        return (f"1 replica direct: {self.direct.line()}\n{self.replicas} replicas through the gateway: "
-                f"{self.through_gateway.line()}\nthroughput gateway/direct: {self.ratio:.2f}x")
+        lines = []
+        for number, run in enumerate(self.rounds, start=1):
+            for phase, summary in run.items():
+                lines.append(f"round {number}, {phase}: {summary.line()}")
+        for phase in list(self.rounds[0])[1:]:
+            ratios = sorted(self.ratios(phase))
+            lines.append(f"{phase} / direct throughput: median {statistics.median(ratios):.2f}x (rounds "
+                         f"{', '.join(f'{r:.2f}' for r in ratios)})")
+        return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"replicas": self.replicas, "direct": self.direct.as_dict(),
-                "through_gateway": self.through_gateway.as_dict(), "ratio": self.ratio}
+        return {"rounds": [{phase: s.as_dict() for phase, s in run.items()} for run in self.rounds],
+                "ratios": {phase: self.ratios(phase) for phase in list(self.rounds[0])[1:]}}
+
+    @property
+    def failures(self) -> int:
+        return sum(s.failures for run in self.rounds for s in run.values())
 
 
 def run_fleet_vs_direct(archive: Path, replicas: int, report_dir: Path, prefix: Path, user_class: str,
-                        users: int, run_time: str, extra_env: dict[str, str]) -> GatewayCost:
-    """One private server, then a private fleet of ``replicas`` on the same archive, one after the other."""
+                        users: int, run_time: str, extra_env: dict[str, str], rounds: int = 2) -> GatewayCost:
+    """``rounds`` times: one private server directly, then private fleets of 1 and ``replicas`` replicas behind
+    the gateway, on the same archive, one after the other."""
     model = extra_env.get("DFD_MODEL", DEFAULT_MODEL_NAME)
     body = make_load_media().photos_of_size("480p")[0].read_bytes()
-    instance = start_private_server(report_dir / "run", archive)
-    try:
-        warm_up(instance, model, None, body)
-        direct = run_locust(instance.inference_url, instance.keys()["inference"], Path(f"{prefix}-direct"),
-                            user_class, users, run_time, extra_env=extra_env)
-    finally:
-        instance.stop()
-    layout = FleetLayout.plan(report_dir / "fleet-run", replicas, free_ports=True, model=model,
-                              model_store=archive.parent.resolve(), start_version=Archive(archive).manifest().version)
-    fleet.start(layout)
-    try:
-        with gateway_key(layout, "loadtest") as key:
-            for spec in layout.replicas:
-                warm_up(layout.instance(spec), model, None, body)
-            through = run_locust(layout.gateway_url, key, Path(f"{prefix}-gateway"), user_class, users, run_time,
-                                 extra_env=extra_env)
-    finally:
-        fleet.stop(layout)
-    return GatewayCost(replicas, direct, through)
+    results: list[dict[str, LocustSummary]] = []
+    for number in range(1, rounds + 1):
+        run: dict[str, LocustSummary] = {}
+        instance = start_private_server(report_dir / "run", archive)
+        try:
+            warm_up(instance, model, None, body, count=4)
+            run["direct"] = run_locust(instance.inference_url, instance.keys()["inference"],
+                                       Path(f"{prefix}-{number}-direct"), user_class, users, run_time,
+                                       extra_env=extra_env)
+        finally:
+            instance.stop()
+        for count in sorted({1, replicas}):
+            layout = FleetLayout.plan(report_dir / f"fleet-run-{count}", count, free_ports=True, model=model,
+                                      model_store=archive.parent.resolve(),
+                                      start_version=Archive(archive).manifest().version)
+            fleet.start(layout)
+            try:
+                with gateway_key(layout, "loadtest") as key:
+                    for spec in layout.replicas:
+                        warm_up(layout.instance(spec), model, None, body, count=4)
+                    run[f"{count} behind the gateway"] = run_locust(
+                        layout.gateway_url, key, Path(f"{prefix}-{number}-gateway-{count}"), user_class, users,
+                        run_time, extra_env=extra_env)
+            finally:
+                fleet.stop(layout)
+        results.append(run)
+    return GatewayCost(results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -476,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="private server: register the archive a second time under this name, with its own "
                            "worker, and score the jobs' pieces there (job traffic isolated from the photos')")
     parser.add_argument("--fleet-vs-direct", type=int, default=0, metavar="N",
-                        help="one private server directly, then a private fleet of N replicas behind the gateway")
+                        help="one private server directly, then private fleets of 1 and N replicas behind the gateway")
+    parser.add_argument("--rounds", type=int, default=2, help="--fleet-vs-direct: rounds of the three runs")
     jobs.add_argument("--image-size", default="480p", choices=list(PHOTO_HEIGHTS),
                       help="the photos' one size (one row, so that its percentiles are exact)")
     args = parser.parse_args(argv)
@@ -489,12 +514,11 @@ def main(argv: list[str] | None = None) -> int:
             build_archive("1.0", name=args.model, model_store=args.archive.parent, golden_requests=True)
         prefix = args.report_dir / f"gateway-{args.user_class}-{stamp}"
         cost = run_fleet_vs_direct(args.archive, args.fleet_vs_direct, args.report_dir, prefix, args.user_class,
-                                   args.users, args.time, env)
+                                   args.users, args.time, env, args.rounds)
         Path(f"{prefix}.json").write_text(json.dumps(cost.as_dict(), indent=2))
-        print(f"reports: {prefix}-direct_stats.csv, {prefix}-gateway_stats.csv, {prefix}.json")
+        print(f"reports: {prefix}-ROUND-direct_stats.csv, {prefix}-ROUND-gateway-N_stats.csv, {prefix}.json")
         print(cost.line())
-        failures = cost.direct.failures + cost.through_gateway.failures
-        return 0 if failures == 0 and cost.through_gateway.requests > 0 else 1
+        return 0 if cost.failures == 0 else 1
     running_fleet = FleetLayout.load(FLEET_DIR) if (FLEET_DIR / "fleet.json").exists() else None
     if running_fleet is not None and fleet.keeper_pid(running_fleet) is not None:
         if args.with_jobs:

@@ -33,6 +33,14 @@ from deepfake_detector.archive import DEFAULT_MODEL_NAME, Archive, ArchiveError,
 from deepfake_detector.verdict import Verdict, VerdictError
 
 from .golden import Tolerances, answer_compute, compare_response, request_body
+from .kubernetes import (
+    FLEET_STATE_CONFIGMAP,
+    FLEET_STATE_KEY,
+    ApiAccess,
+    KubernetesError,
+    read_configmap_entry,
+    write_configmap_key,
+)
 from .paths import HISTORY_FILE, RUN_DIR
 from .replicas import FleetLayout, LayoutError, Replica, discover, replicas_at, replicas_of
 from .torchserve import Endpoint, ServerError, ServerRefusal, TorchServeClient
@@ -97,10 +105,50 @@ def check_integrity(path: Path, name: str, version: str) -> ArchiveInfo:
 
 
 @dataclass
+class ConfigMapState:
+    """A cluster's desired state: one key of a ConfigMap, read and written through the API from inside a pod
+    (``deepfake_ops.kubernetes``); a write made from a stale read is refused (409), never lost."""
+
+    namespace: str
+    name: str = FLEET_STATE_CONFIGMAP
+    key: str = FLEET_STATE_KEY
+    api: ApiAccess | None = None
+    """None: the pod's own service account (``ApiAccess.in_cluster``)."""
+    read_version: list[str] = field(default_factory=list, compare=False)
+
+    @classmethod
+    def parse(cls, text: str) -> ConfigMapState:
+        """``configmap:NAMESPACE/NAME`` (the key is rollout_history.json)."""
+        namespace, _, name = text.removeprefix("configmap:").partition("/")
+        if not namespace or not name:
+            raise RolloutError(f"{text}: expected configmap:NAMESPACE/NAME")
+        return cls(namespace, name)
+
+    def read(self) -> str:
+        try:
+            text, version = read_configmap_entry(self.namespace, self.name, self.key, self.api)
+        except KubernetesError as error:
+            raise RolloutError(str(error)) from None
+        self.read_version[:] = [version]
+        return text
+
+    def write(self, text: str) -> None:
+        try:
+            version = write_configmap_key(self.namespace, self.name, self.key, text, self.api,
+                                          (self.read_version or [None])[-1])
+        except KubernetesError as error:
+            raise RolloutError(f"{error}; run the step again") from None
+        self.read_version[:] = [version]
+
+    def __str__(self) -> str:
+        return f"ConfigMap {self.namespace}/{self.name} ({self.key})"
+
+
+@dataclass
 class RolloutHistory:
     """The versions that were the default, oldest first, per model, plus a log of every step."""
 
-    path: Path
+    path: Path | ConfigMapState
     defaults: dict[str, list[str]] = field(default_factory=dict)
     events: list[dict[str, Any]] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=dict)
@@ -108,11 +156,11 @@ class RolloutHistory:
     desired state."""
 
     @classmethod
-    def load(cls, path: Path) -> RolloutHistory:
-        if not path.exists():
+    def load(cls, path: Path | ConfigMapState) -> RolloutHistory:
+        if isinstance(path, Path) and not path.exists():
             return cls(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read() if isinstance(path, ConfigMapState) else path.read_text())
             return cls(path, {k: list(v) for k, v in data["defaults"].items()}, list(data.get("events", [])),
                        {k: list(v) for k, v in data.get("registered", {}).items()})
         except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
@@ -145,10 +193,14 @@ class RolloutHistory:
             self.want_registered(model, version)
 
     def save(self) -> None:
+        text = json.dumps({"defaults": self.defaults, "registered": self.registered, "events": self.events},
+                          indent=1)
+        if isinstance(self.path, ConfigMapState):
+            self.path.write(text)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"defaults": self.defaults, "registered": self.registered,
-                                         "events": self.events}, indent=1))
+        temporary.write_text(text)
         os.replace(temporary, self.path)
 
 
@@ -195,7 +247,7 @@ class Rollout:
 
     replicas: list[Replica]
     store: Path
-    history_path: Path
+    history_path: Path | ConfigMapState
     name: str = DEFAULT_MODEL_NAME
     log: Any = print
     fleet: bool = False
@@ -555,8 +607,11 @@ def make_rollout(args: argparse.Namespace) -> Rollout:
             raise RolloutError(f"--replica/--discover reach the replicas' sidecars: set {OPERATOR_KEY_ENV} to an "
                                "operator key (deepfake-gateway-keys add NAME --operator)")
         store = args.model_store or Endpoint.from_run_dir(args.run_dir).model_store
-        return Rollout(replicas_at(urls, key, store, args.run_dir), Path(store), args.run_dir / HISTORY_FILE,
-                       args.name, fleet=True)
+        state: Path | ConfigMapState = args.run_dir / HISTORY_FILE
+        if args.desired_state:
+            state = (ConfigMapState.parse(args.desired_state) if args.desired_state.startswith("configmap:")
+                     else Path(args.desired_state))
+        return Rollout(replicas_at(urls, key, store, args.run_dir), Path(store), state, args.name, fleet=True)
     endpoint = Endpoint.from_run_dir(args.run_dir, args.management_url, args.inference_url, args.model_store)
     return Rollout.for_server(TorchServeClient(endpoint), args.name)
 
@@ -575,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
                         f"the desired state is kept in --run-dir; needs {OPERATOR_KEY_ENV}")
     parser.add_argument("--discover", metavar="SERVICE:PORT",
                         help="every ready pod of a headless Service, at its sidecar's management port")
+    parser.add_argument("--desired-state", metavar="FILE|configmap:NAMESPACE/NAME",
+                        help="with --replica/--discover: where the fleet's desired state lives (default "
+                             "RUN_DIR/rollout_history.json; in a cluster the ConfigMap the pods mount)")
     parser.add_argument("--name", default=DEFAULT_MODEL_NAME, help=f"model name (default {DEFAULT_MODEL_NAME})")
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="archives in the store beside what the server serves; on a "

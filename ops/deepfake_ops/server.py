@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} is READY at {instance.inference_url}. Tokens are in {instance.key_file}.\n")
     print("Score a real face photo:\n")
     print("  " + example_curl(instance, args.model, sample_face_photo()) + "\n")
+    print("TorchServe's keys expire after 60 minutes (renew: POST /token with the API key in the key file); "
+          "`make serve GATEWAY=1` puts the gateway in front, whose client keys do not expire.")
     print("Stop with: make stop")
     return 0
 

@@ -11,11 +11,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import requests
 from deepfake_ops.fleet import open_connections
 from deepfake_ops.gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute, ReplicaState
 from deepfake_ops.gateway_keys import GatewayKeys, KeyFileError, key_sha256
 from deepfake_ops.replicas import LayoutError, discover
 from deepfake_ops.rollout import drift
+from deepfake_ops.torchserve import free_port
 
 
 def test_the_key_file_keeps_hashes_names_and_rates(tmp_path: Path) -> None:
@@ -79,6 +81,22 @@ def test_a_rendered_gateway_passes_nginx_own_check(tmp_path: Path) -> None:
     gateway.check()
     assert "listen 127.0.0.1:18443 ssl" in (gateway.run_dir / "servers" / "gateway.conf").read_text()
 
+    # And it speaks HTTPS with it: a real nginx, started, answers its health check over TLS only.
+    gateway.render(GatewaySettings(port=(port := free_port()), tls_certificate=certificate), routes(), keys.all())
+    gateway.start()
+    try:
+        answer = requests.get(f"https://127.0.0.1:{port}/healthz", verify=str(certificate.with_suffix(".crt")),
+                              timeout=10)
+        assert answer.status_code == 200 and answer.json() == {"status": "ok"}
+        plain = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert plain.status_code == 400 and "HTTPS" in plain.text  # nginx: plain HTTP sent to the HTTPS port
+        unkeyed = requests.post(f"https://127.0.0.1:{port}/predictions/x", timeout=10,
+                                verify=str(certificate.with_suffix(".crt")))
+        assert unkeyed.status_code == 401 and unkeyed.json()["error"] == "unauthorized"
+    finally:
+        gateway.stop()
+    assert gateway.pid() is None and not gateway.workers()
+
     # A configuration nginx refuses is reported, and never swapped in.
     (gateway.run_dir / "limit_req.conf").write_text("limit_req zone=missing;\n")
     with pytest.raises(GatewayError, match="nginx refused the gateway configuration"):
@@ -88,7 +106,8 @@ def test_a_rendered_gateway_passes_nginx_own_check(tmp_path: Path) -> None:
 def make_self_signed(path: Path) -> None:
     """A throwaway self-signed certificate and key in one PEM file (openssl, as an operator would)."""
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(path), "-out",
+                    "-nodes", "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(path), "-out",
                     str(path.with_suffix(".crt"))], check=True, capture_output=True)
     path.write_text(path.read_text() + path.with_suffix(".crt").read_text())
 
