@@ -39,7 +39,7 @@ redis:  ## Make sure redis-server (the job service's broker and store) is on PAT
 		{ echo "the job service needs redis-server: apt-get install redis-server"; exit 1; }; }
 
 nginx:  ## Make sure nginx and its njs module (the fleet's gateway) are installed, with apt-get if needed
-	@{ command -v nginx >/dev/null && test -e /usr/lib/nginx/modules/ngx_http_js_module.so && command -v openssl >/dev/null; } || \
+	@{ { test -x /usr/sbin/nginx || command -v nginx >/dev/null; } && test -e /usr/lib/nginx/modules/ngx_http_js_module.so && command -v openssl >/dev/null; } || \
 		{ command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq nginx-light libnginx-mod-http-js openssl) || \
 		{ echo "the fleet's gateway needs nginx with njs: apt-get install nginx-light libnginx-mod-http-js openssl"; exit 1; }; }
 
@@ -59,7 +59,7 @@ FLEET_DIR := .run/fleet
 FLEET_RUNNING := $(wildcard $(FLEET_DIR)/fleet.json)
 
 serve: install $(MAR)  ## Start TorchServe on 127.0.0.1:8080 with the default model, wait for READY, print a curl; REPLICAS=N>1 (or GATEWAY=1): N replicas behind the gateway on 127.0.0.1:8000
-	@if [ "$(REPLICAS)" -gt 1 ] || [ -n "$(GATEWAY)" ]; then \
+	@if [ "$(REPLICAS)" -gt 1 ] || [ "$(GATEWAY)" = 1 ]; then \
 		$(PY) -m deepfake_ops.fleet --run-dir $(FLEET_DIR) start --replicas $(REPLICAS) --model $(NAME) --version $(VERSION) \
 			$(if $(TLS_CERT),--tls-certificate $(TLS_CERT)) $(if $(TLS_KEY),--tls-key $(TLS_KEY)); \
 	else $(PY) -m deepfake_ops.server start --model $(NAME) --archive $(notdir $(MAR)); fi

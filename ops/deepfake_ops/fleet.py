@@ -26,6 +26,7 @@ All of it through the replicas' state files, never a reload: nginx reloads only 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +51,19 @@ from .rollout import RolloutError, RolloutHistory, default_version, registered_v
 from .torchserve import ServerError, ServerRefusal, TorchServeClient, TorchServeInstance, read_keys
 
 logger = logging.getLogger("deepfake_ops.fleet")
-REPORT_FILE = "keeper.json"
+FIRST_KEY_NAME = "local"
+"""The client key a new fleet makes when its key file has none."""
 KEEPER_PID_FILE = "keeper.pid"
 FAILURES_BEFORE_OUT = 3
+RESTART_BACKOFF_MAX_S = 60.0
+"""A TorchServe that keeps exiting is started again after 2, 4, 8 ... seconds, at most this long."""
 HEALTH_TIMEOUT_S = 10.0
 """A replica busy loading a version on a loaded machine answers slowly; only silence this long is a failure."""
-DRAIN_TIMEOUT_S = 180.0
-"""How long a drain waits for the requests the replica already took (TorchServe checks a request's key once
-its whole body has arrived, which on a loaded machine can be seconds after the sidecar sent it)."""
+DRAIN_TIMEOUT_S = 30.0
+"""How long a drain waits for the connections to the replica to close. What must not overlap a renewal is a
+request still arriving: TorchServe checks a key once a request's whole body has arrived, which on a loaded
+machine was seen 10 s after the sidecar sent it. A request that takes longer (a long video) passed its check
+long before; an idle keep-alive connection has nothing to check."""
 
 
 @dataclass
@@ -133,9 +140,11 @@ class FleetKeeper:
         instance, state = self.instances[spec.name], self.states[spec.name]
         try:
             if instance.pid() is None:
-                self._out(spec, "its TorchServe exited; starting it again")
-                state.restarts += 1
-                self._start_replica(spec)
+                wait_s = min(RESTART_BACKOFF_MAX_S, 2.0 ** min(state.restarts, 10)) if state.restarts else 0.0
+                if state.phase != "starting" or time.time() - state.since >= wait_s:
+                    self._out(spec, "its TorchServe exited; starting it again")
+                    state.restarts += 1
+                    self._start_replica(spec)
                 return
             if state.phase == "starting":
                 if self._joined(spec):
@@ -155,7 +164,8 @@ class FleetKeeper:
             elif self._keys_changed(spec):
                 logger.info("%s: its keys were renewed outside the keeper; the sidecar takes them", spec.name)
                 self._publish(spec)
-        except (ServerError, GatewayError, RolloutError, OSError, ValueError, KeyError) as error:
+        except (ServerError, GatewayError, RolloutError, OSError, ValueError, KeyError,
+                requests.RequestException) as error:
             state.problem = f"{type(error).__name__}: {error}"
             logger.warning("%s: %s", spec.name, state.problem)
 
@@ -205,7 +215,7 @@ class FleetKeeper:
         if others:
             self._set_phase(spec, "draining", "renewing its TorchServe keys")
             self._publish(spec)  # the gateway sends its requests to the others from now on
-            if not wait_until_idle(spec.inference_port, DRAIN_TIMEOUT_S):
+            if not wait_until_idle(spec.inference_port, DRAIN_TIMEOUT_S, stop=lambda: self.stopping):
                 logger.warning("%s: requests still open after %.0f s of draining; renewing anyway", spec.name,
                                DRAIN_TIMEOUT_S)
         try:
@@ -242,7 +252,7 @@ class FleetKeeper:
     def _report(self, stopped: bool = False) -> None:
         report = {"updated": time.time(), "stopped": stopped, "gateway": self.settings.url,
                   "replicas": {name: asdict(state) for name, state in self.states.items()}}
-        path = self.layout.run_dir / REPORT_FILE
+        path = self.layout.report_path
         path.with_suffix(".tmp").write_text(json.dumps(report, indent=1))
         os.replace(path.with_suffix(".tmp"), path)
 
@@ -276,6 +286,8 @@ def join_step(client: TorchServeClient, model: str, history_path: Path, workers:
     if desired_default is not None and default_version(client, model) != desired_default:
         set_default(client, model, desired_default, f"{replica}: set the desired default {desired_default}")
         logger.info("%s: default set to the desired %s", replica, desired_default)
+        # A promotion may have landed meanwhile: join only on a default that is still the desired one.
+        return RolloutHistory.load(Path(history_path)).desired(model)[0] == desired_default
     return True
 
 
@@ -304,12 +316,14 @@ def open_connections(port: int) -> int:
     return count
 
 
-def wait_until_idle(port: int, timeout_s: float, settle_s: float = 0.3) -> bool:
-    """Until nothing is open to ``port`` (after ``settle_s``, for a request let in just before the drain)."""
+def wait_until_idle(port: int, timeout_s: float, settle_s: float = 0.3,
+                    stop: Callable[[], bool] = lambda: False) -> bool:
+    """Until nothing is open to ``port`` (after ``settle_s``, for a request let in just before the drain);
+    False after ``timeout_s``, or at once when ``stop()`` says the process is stopping."""
     time.sleep(settle_s)
     deadline = time.monotonic() + timeout_s
     while open_connections(port) > 0:
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or stop():
             return False
         time.sleep(0.05)
     return True
@@ -320,7 +334,7 @@ def wait_until_idle(port: int, timeout_s: float, settle_s: float = 0.3) -> bool:
 
 def read_report(layout: FleetLayout) -> dict[str, Any] | None:
     try:
-        return json.loads((layout.run_dir / REPORT_FILE).read_text())
+        return json.loads(layout.report_path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -344,7 +358,7 @@ def start(layout: FleetLayout, timeout_s: float = 300.0) -> subprocess.Popen[byt
     if keeper_pid(layout) is not None:
         raise LayoutError(f"a fleet from {layout.run_dir} is already running; `make stop` first")
     layout.save()
-    (layout.run_dir / REPORT_FILE).unlink(missing_ok=True)
+    layout.report_path.unlink(missing_ok=True)
     with open(layout.run_dir / "keeper.log", "ab") as output:
         keeper = subprocess.Popen([sys.executable, "-m", "deepfake_ops.fleet", "--run-dir", str(layout.run_dir),
                                    "keep"], stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
@@ -380,12 +394,14 @@ def stop(layout: FleetLayout, timeout_s: float = 120.0) -> None:
     """Ask the keeper to stop everything; whatever a killed keeper left is stopped from its pid files."""
     pid = keeper_pid(layout)
     if pid is not None:
-        os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         while keeper_pid(layout) is not None and time.monotonic() < deadline:
             time.sleep(0.2)
         if keeper_pid(layout) is not None:
-            os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
     Gateway(layout.gateway_dir).stop()
     for spec in layout.replicas:
         layout.instance(spec).stop()
@@ -428,12 +444,12 @@ def main(argv: list[str] | None = None) -> int:
                                       gateway_port=args.gateway_port, tls_certificate=args.tls_certificate,
                                       tls_key=args.tls_key)
             keys = GatewayKeys(layout.key_file)
-            made = keys.add("default") if not keys.active("client") else None
+            made = keys.add(FIRST_KEY_NAME) if not keys.active("client") else None
             print(f"starting {args.replicas} replicas and the gateway from {layout.run_dir} ...", flush=True)
             start(layout)
             print(f"{args.model} is served by {args.replicas} replicas behind {layout.gateway_url}.")
             if made:
-                print(f"A client key named 'default' was made (shown once, stored only as a hash): {made}")
+                print(f"A client key named '{FIRST_KEY_NAME}' was made (shown once, stored only as a hash): {made}")
             print("\nScore a real face photo:\n\n  " + example_curl(layout, made, args.model) + "\n")
             print("Keys: python -m deepfake_ops.gateway_keys add|revoke|list.  Stop with: make stop")
             return 0

@@ -29,7 +29,10 @@ from .paths import RUN_DIR
 
 KEY_FILE_NAME = "gateway_keys.json"
 DEFAULT_KEY_FILE = RUN_DIR / "fleet" / KEY_FILE_NAME
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
+"""Lower case only: nginx matches map keys without regard to case, so Alice and alice would be one key."""
+RESERVED_NAMES = frozenset({"default", "hostnames", "include", "volatile"})
+"""Words an nginx map reads as its own parameters, not as a key."""
 ROLES = ("client", "operator")
 DEFAULT_RATE_PER_S = 20.0
 DEFAULT_BURST = 40
@@ -89,8 +92,9 @@ class GatewayKeys:
     def add(self, name: str, role: str = "client", rate_per_s: float = DEFAULT_RATE_PER_S,
             burst: int = DEFAULT_BURST) -> str:
         """Make a key, store its hash, and return the key (the only time it exists outside the client)."""
-        if not NAME_PATTERN.match(name):
-            raise KeyFileError(f"key name {name!r}: use 1-64 letters, digits, '_' or '-'")
+        if not NAME_PATTERN.match(name) or name in RESERVED_NAMES:
+            raise KeyFileError(f"key name {name!r}: use 1-64 lower-case letters, digits, '_' or '-', and none of "
+                               f"{', '.join(sorted(RESERVED_NAMES))}")
         if role not in ROLES:
             raise KeyFileError(f"role {role!r}: one of {', '.join(ROLES)}")
         if not (rate_per_s > 0 and math.isfinite(rate_per_s)) or burst < 0:

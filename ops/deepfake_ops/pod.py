@@ -19,6 +19,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -48,6 +49,7 @@ GATEWAY_PORT = 8000
 RENEW_BEFORE_S = 300.0
 """The sidecar renews TorchServe's keys this long before they expire; the TorchServe container's own health
 check renews (undrained) only later, as a fallback (``--renew-before 2`` in the manifest)."""
+RENEW_JITTER_S = 60.0
 REPORT_FILE = "sidecar.json"
 READY_MAX_AGE_S = 60.0
 """Above the longest step of the loop while in service (TorchServe calls timing out); a drain may take longer,
@@ -230,7 +232,9 @@ class Sidecar(Role):
         self.history = Path(history)
         self.model = model
         self.workers = workers
-        self.renew_before_s = renew_before_s
+        # Pods started together would drain together (the gateway then has no pod to send to): each renews a
+        # random part of a minute earlier than the others.
+        self.renew_before_s = renew_before_s + random.uniform(0.0, RENEW_JITTER_S)
         self.state = SidecarState(self.name)
         self.published: tuple[str, str] | None = None
         self.api_key: str | None = None

@@ -23,6 +23,7 @@ from .torchserve import Endpoint, TorchServeClient, TorchServeInstance, free_por
 
 FLEET_DIR = RUN_DIR / "fleet"
 LAYOUT_FILE = "fleet.json"
+REPORT_FILE = "keeper.json"
 BASE_PORT = 8100
 """Replica K listens on 8100 + 10 K (inference), + 1 (management), + 2 (metrics); its sidecar on + 3, + 4."""
 GATEWAY_PORT = 8000
@@ -94,6 +95,19 @@ class FleetLayout:
         return self.run_dir / KEY_FILE_NAME
 
     @property
+    def report_path(self) -> Path:
+        """What the fleet's keeper says of each replica (``deepfake_ops.fleet``), rewritten every half second."""
+        return self.run_dir / REPORT_FILE
+
+    def starting(self) -> list[str]:
+        """The replicas the keeper has out of service until they join at the desired state."""
+        try:
+            report = json.loads(self.report_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return []
+        return [name for name, state in report.get("replicas", {}).items() if state.get("phase") == "starting"]
+
+    @property
     def gateway_dir(self) -> Path:
         return self.run_dir / "gateway"
 
@@ -126,9 +140,11 @@ class FleetLayout:
         return cls(**data)
 
 
-def replicas_of(layout: FleetLayout) -> list[Replica]:
-    """The fleet's replicas on this machine, each through its own run folder (config and key file)."""
-    return [Replica(spec.name, TorchServeClient(layout.instance(spec).endpoint)) for spec in layout.replicas]
+def replicas_of(layout: FleetLayout, skip: list[str] | None = None) -> list[Replica]:
+    """The fleet's replicas on this machine (but those in ``skip``), each through its own run folder (config and
+    key file)."""
+    return [Replica(spec.name, TorchServeClient(layout.instance(spec).endpoint)) for spec in layout.replicas
+            if spec.name not in (skip or [])]
 
 
 def replicas_at(urls: list[str], operator_key: str, model_store: Path, run_dir: Path) -> list[Replica]:

@@ -321,13 +321,24 @@ class Rollout:
             self.log(f"{version} is registered on some replicas already; registering it on "
                      f"{', '.join(r.name for r in missing)}")
         history = RolloutHistory.load(self.history_path)
-        previous_default = history.desired(self.name)[0] if self.fleet else None
-        history.want_registered(self.name, version)  # before the replicas: one that joins meanwhile loads it
-        history.save()
+        previous_default, wanted_before = history.desired(self.name)
+        if self.fleet:  # before the replicas: one that joins meanwhile loads it
+            history.want_registered(self.name, version)
+            history.save()
         entry: dict[str, Any] = {}
-        for replica in missing:
-            entry = self._register(replica, path, version, workers, timeout_s)
+        try:
+            for replica in missing:
+                entry = self._register(replica, path, version, workers, timeout_s)
+        except (RolloutError, ServerRefusal):
+            if self.fleet and version not in wanted_before:  # a failed deploy leaves the desired state as it was
+                history = RolloutHistory.load(self.history_path)
+                history.forget_registered(self.name, version)
+                history.save()
+                self.log(f"{version} is no longer desired; `status` shows any replica that registered it, "
+                         f"`retire {version}` unregisters it there")
+            raise
         history = RolloutHistory.load(self.history_path)
+        history.want_registered(self.name, version)
         history.record(self.name, "deploy", version,
                        previous_default if self.fleet else default_version(self.client, self.name))
         history.save()
@@ -466,6 +477,12 @@ class Rollout:
     def retire(self, version: str) -> None:
         history = RolloutHistory.load(self.history_path)
         holding = [r for r in self.replicas if version in registered_versions(r.client, self.name)]
+        if not holding and self.fleet and version in history.desired(self.name)[1]:
+            history.forget_registered(self.name, version)  # desired, held by no replica: no longer desired
+            history.record(self.name, "retire", version, history.desired(self.name)[0])
+            history.save()
+            self.log(f"{self.name} {version} was desired but registered nowhere: no longer desired")
+            return
         if not holding:
             versions = registered_versions(self.client, self.name)
             raise RolloutError(f"{self.name} {version} is not registered; registered: {sorted(versions)}")
@@ -596,7 +613,15 @@ def make_rollout(args: argparse.Namespace) -> Rollout:
     or replicas by URL (--replica, --discover) with an operator key."""
     if args.fleet:
         layout = FleetLayout.load(args.fleet)
-        return Rollout(replicas_of(layout), Path(layout.model_store), layout.history_path, args.name, fleet=True)
+        # A replica the keeper has out of service joins at the desired state by itself: a step that changes the
+        # fleet goes on without it (an emergency rollback must not wait for a crash-looping replica).
+        skip = [] if args.command == "status" else layout.starting()
+        for name in skip:
+            print(f"{name} is out of service (starting): skipped; it joins at the desired state")
+        if len(skip) == len(layout.replicas):
+            raise RolloutError(f"every replica is out of service; see {layout.run_dir / 'keeper.log'}")
+        return Rollout(replicas_of(layout, skip), Path(layout.model_store), layout.history_path, args.name,
+                       fleet=True)
     urls = list(args.replica or [])
     if args.discover:
         service, _, port = args.discover.rpartition(":")

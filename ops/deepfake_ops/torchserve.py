@@ -459,13 +459,18 @@ class TorchServeClient:
         return Prediction(answer.status_code, content, seconds)
 
     def _renewed_meanwhile(self, answer: requests.Response, kind: str, token: str) -> bool:
-        """The server refused a key that the key file no longer holds (renewed during the call): ask again."""
+        """The server refused a key that the key file no longer holds (renewed during the call): ask again. Behind
+        a sidecar (a fixed operator key) the refused key is the replica's, renewed under the sidecar: ask again
+        a second later, once it has the new one."""
         try:
             refused = _is_token_refusal(answer.status_code, answer.json())
         except ValueError:
             refused = answer.status_code == 401
         if not refused:
             return False
+        if self.endpoint.fixed_token:
+            time.sleep(1.0)
+            return answer.status_code == 400  # TorchServe's refusal; a 401 is the sidecar refusing the operator key
         try:
             return self.endpoint.token(kind) != token
         except ServerRefusal:

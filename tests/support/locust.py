@@ -35,7 +35,7 @@ class LoadResult:
 class SteadyLoad:
     """Steady traffic on ``/predictions/MODEL`` from ``users`` clients until :meth:`stop`."""
 
-    def __init__(self, host: str, token: str, folder: Path, users: int = 4, cap_s: int = 300,
+    def __init__(self, host: str, token: str, folder: Path, users: int = 4, cap_s: int = 900,
                  wait_s: float = 0.3) -> None:
         self.prefix = folder / "steady"
         self.served_file = folder / "served_versions.json"

@@ -62,10 +62,19 @@ def test_audit_log_rotates_and_never_holds_the_media(tmp_path: Path, media: type
     assert all((tmp_path / name).stat().st_size <= 2000 for name in files)
     newest = json.loads((tmp_path / "audit.log").read_text().splitlines()[-1])
     assert newest["request_id"] == "request-39"
-    assert set(newest) == {"time", "request_id", "sha256", "bytes", "media_type", "media_format", "status",
-                           "verdict", "fake_probability", "face_detected", "model_version", "latency_ms"}
+    assert set(newest) == {"time", "request_id", "x_request_id", "client", "sha256", "bytes", "media_type",
+                           "media_format", "status", "verdict", "fake_probability", "face_detected",
+                           "model_version", "latency_ms"}
+    assert (newest["x_request_id"], newest["client"]) == (None, None)  # not behind the gateway
     assert (newest["verdict"], newest["fake_probability"], newest["status"], newest["media_type"]) == (
         "REAL", 0.2, 200, "image")
+
+
+def test_the_gateway_s_request_id_and_client_are_kept_when_they_are_plain_tokens() -> None:
+    kept = audit_record("r-1", b"x", image_verdict(0.2), "1.0", 1.0, "trace-7f3a-0001", "partner-a")
+    assert (kept["x_request_id"], kept["client"]) == ("trace-7f3a-0001", "partner-a")
+    forged = audit_record("r-2", b"x", image_verdict(0.2), "1.0", 1.0, 'a"}\n{"verdict": "REAL', "x" * 200)
+    assert (forged["x_request_id"], forged["client"]) == (None, None)  # no line of the log can be forged
 
 
 def test_a_refused_request_is_audited_with_its_error_and_no_verdict(tmp_path: Path) -> None:
