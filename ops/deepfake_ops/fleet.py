@@ -42,8 +42,7 @@ from typing import Any
 import requests
 from deepfake_detector.archive import DEFAULT_MODEL_NAME, archive_file_name
 
-from .gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute
-from .gateway import ReplicaState as SidecarState
+from .gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute, ReplicaState
 from .gateway_keys import GatewayKeys
 from .paths import MODEL_STORE
 from .replicas import FLEET_DIR, FleetLayout, LayoutError, ReplicaSpec
@@ -67,7 +66,7 @@ long before; an idle keep-alive connection has nothing to check."""
 
 
 @dataclass
-class ReplicaState:
+class ReplicaPhase:
     """What the keeper knows of one replica; ``keeper.json`` shows it."""
 
     phase: str = "starting"
@@ -91,7 +90,7 @@ class FleetKeeper:
                                         Path(layout.tls_key) if layout.tls_key else None)
         self.specs = {spec.name: spec for spec in layout.replicas}
         self.instances = {spec.name: layout.instance(spec) for spec in layout.replicas}
-        self.states = {spec.name: ReplicaState() for spec in layout.replicas}
+        self.states = {spec.name: ReplicaPhase() for spec in layout.replicas}
         self.published: dict[str, tuple[str, str]] = {}
         self.stopping = False
         self.renew_requested = False
@@ -246,7 +245,7 @@ class FleetKeeper:
         except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
             keys = {"inference": "", "management": ""}
         self.published[spec.name] = (keys["inference"], keys["management"])
-        self.gateway.publish(spec.name, SidecarState(self.states[spec.name].phase == "in_service",
+        self.gateway.publish(spec.name, ReplicaState(self.states[spec.name].phase == "in_service",
                                                      keys["inference"], keys["management"]))
 
     def _report(self, stopped: bool = False) -> None:

@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             for key in keys.all():
                 state = f"revoked {key.revoked}" if key.revoked else "active"
-                print(f"{key.name:<24}{key.role:<10}{key.rate_per_s:g}/s burst {key.burst:<6}"
+                print(f"{key.name:<32} {key.role:<9} {f'{key.rate_per_s:g}/s burst {key.burst}':<24} "
                       f"made {key.created}  {state}")
             return 0
         if args.command == "add":

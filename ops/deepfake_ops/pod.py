@@ -26,14 +26,22 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 from deepfake_detector.archive import DEFAULT_MODEL_NAME
 
-from .fleet import DRAIN_TIMEOUT_S, FAILURES_BEFORE_OUT, HEALTH_TIMEOUT_S, join_step, serves, wait_until_idle
+from .fleet import (
+    DRAIN_TIMEOUT_S,
+    FAILURES_BEFORE_OUT,
+    HEALTH_TIMEOUT_S,
+    ReplicaPhase,
+    join_step,
+    serves,
+    wait_until_idle,
+)
 from .gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute, ReplicaState
 from .gateway_keys import GatewayKeys, KeyFileError
 from .replicas import LayoutError, discover
@@ -193,17 +201,10 @@ class Role:
 
 
 @dataclass
-class SidecarState:
-    """What ``sidecar.json`` shows (and ``ready`` reads): the replica's phase, as the keeper's report has it."""
+class SidecarState(ReplicaPhase):
+    """What ``sidecar.json`` shows (and ``ready`` reads): the keeper's view of one replica, and its name."""
 
-    replica: str
-    phase: str = "starting"
-    """starting (not served until it serves the desired state), in_service, or draining."""
-    restarts: int = 0
-    renewals: int = 0
-    failures: int = 0
-    problem: str | None = None
-    since: float = field(default_factory=time.time)
+    replica: str = ""
 
 
 def replica_name(raw: str) -> str:
@@ -235,7 +236,7 @@ class Sidecar(Role):
         # Pods started together would drain together (the gateway then has no pod to send to): each renews a
         # random part of a minute earlier than the others.
         self.renew_before_s = renew_before_s + random.uniform(0.0, RENEW_JITTER_S)
-        self.state = SidecarState(self.name)
+        self.state = SidecarState(replica=self.name)
         self.published: tuple[str, str] | None = None
         self.api_key: str | None = None
 

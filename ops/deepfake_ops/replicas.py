@@ -70,6 +70,11 @@ class FleetLayout:
     workers: int = 1
     extra_properties: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # TorchServe runs in its replica's folder and nginx in its own: every path they are given is absolute.
+        self.run_dir = Path(self.run_dir).resolve()
+        self.model_store = Path(self.model_store).resolve()
+
     @classmethod
     def plan(cls, run_dir: Path, count: int, free_ports: bool = False, **options: object) -> FleetLayout:
         """``count`` replicas on fixed ports (``BASE_PORT``), or on free ones (tests)."""

@@ -61,6 +61,10 @@ class TorchServeInstance:
     two instances on one machine do not collide."""
     grpc_management_port: int | None = None
 
+    def __post_init__(self) -> None:
+        # TorchServe starts in its run folder: a relative path given here would point elsewhere from there.
+        self.run_dir = Path(self.run_dir).resolve()
+
     @property
     def inference_url(self) -> str:
         return f"http://127.0.0.1:{self.inference_port}"

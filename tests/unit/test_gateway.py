@@ -15,7 +15,7 @@ import requests
 from deepfake_ops.fleet import open_connections
 from deepfake_ops.gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute, ReplicaState
 from deepfake_ops.gateway_keys import GatewayKeys, KeyFileError, key_sha256
-from deepfake_ops.replicas import LayoutError, discover
+from deepfake_ops.replicas import FleetLayout, LayoutError, discover
 from deepfake_ops.rollout import drift
 from deepfake_ops.torchserve import free_port
 
@@ -145,3 +145,14 @@ def test_discovery_resolves_a_service_name_to_sidecar_urls() -> None:
     assert "http://127.0.0.1:8443" in discover("localhost", 8443)
     with pytest.raises(LayoutError, match="cannot resolve"):
         discover("no-such-service.invalid", 8443)
+
+
+def test_a_fleet_layout_holds_absolute_paths_and_survives_a_round_trip(tmp_path: Path, monkeypatch) -> None:
+    """`make serve REPLICAS=N` passes a relative run folder; TorchServe and nginx run in other folders."""
+    monkeypatch.chdir(tmp_path)
+    layout = FleetLayout.plan(Path(".run/fleet"), 2, model_store=Path("model_store"))
+    assert layout.run_dir == tmp_path / ".run" / "fleet" and layout.model_store == tmp_path / "model_store"
+    assert layout.instance(layout.replicas[0]).run_dir == tmp_path / ".run" / "fleet" / "replica-1"
+    assert [spec.inference_port for spec in layout.replicas] == [8110, 8120]
+    layout.save()
+    assert FleetLayout.load(Path(".run/fleet")) == layout
