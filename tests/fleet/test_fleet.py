@@ -36,6 +36,8 @@ def live(rollout_store: Path, tmp_path_factory: pytest.TempPathFactory):
         yield started
     finally:
         started.stop()
+    # What `make stop` promises: the keeper, nginx and every replica's process group gone.
+    assert started.keeper.poll() is not None and started.leftovers() == []
 
 
 @pytest.fixture(scope="module")

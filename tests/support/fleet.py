@@ -13,6 +13,7 @@ from typing import Any
 
 import requests
 from deepfake_ops import fleet
+from deepfake_ops.gateway import Gateway
 from deepfake_ops.gateway_keys import GatewayKeys
 from deepfake_ops.replicas import FleetLayout, ReplicaSpec
 from deepfake_ops.torchserve import TorchServeInstance, read_keys
@@ -32,6 +33,12 @@ class LiveFleet:
 
     def stop(self) -> None:
         fleet.stop(self.layout)
+
+    def leftovers(self) -> list[str]:
+        """What still runs of the fleet: the keeper, nginx, or a replica's TorchServe."""
+        running = [] if fleet.keeper_pid(self.layout) is None else ["keeper"]
+        running += [] if Gateway(self.layout.gateway_dir).pid() is None else ["nginx"]
+        return running + [spec.name for spec in self.layout.replicas if self.instance(spec.name).pid() is not None]
 
     @property
     def url(self) -> str:
