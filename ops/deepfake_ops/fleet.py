@@ -47,7 +47,14 @@ from .gateway_keys import GatewayKeys
 from .paths import MODEL_STORE
 from .replicas import FLEET_DIR, FleetLayout, LayoutError, ReplicaSpec
 from .rollout import RolloutError, RolloutHistory, default_version, registered_versions, set_default, worker_states
-from .torchserve import ServerError, ServerRefusal, TorchServeClient, TorchServeInstance, read_keys
+from .torchserve import (
+    ServerError,
+    ServerRefusal,
+    TorchServeClient,
+    TorchServeInstance,
+    live_group_leader,
+    read_keys,
+)
 
 logger = logging.getLogger("deepfake_ops.fleet")
 FIRST_KEY_NAME = "local"
@@ -88,7 +95,6 @@ class FleetKeeper:
         self.settings = GatewaySettings(layout.gateway_host, layout.gateway_port,
                                         Path(layout.tls_certificate) if layout.tls_certificate else None,
                                         Path(layout.tls_key) if layout.tls_key else None)
-        self.specs = {spec.name: spec for spec in layout.replicas}
         self.instances = {spec.name: layout.instance(spec) for spec in layout.replicas}
         self.states = {spec.name: ReplicaPhase() for spec in layout.replicas}
         self.published: dict[str, tuple[str, str]] = {}
@@ -110,7 +116,7 @@ class FleetKeeper:
                 self._publish(spec)
             self._render()
             self.gateway.start()
-            logger.info("gateway at %s; %d replicas starting", self.settings.url, len(self.specs))
+            logger.info("gateway at %s; %d replicas starting", self.settings.url, len(self.layout.replicas))
             while not self.stopping:
                 for spec in self.layout.replicas:
                     if not self.stopping:
@@ -158,7 +164,7 @@ class FleetKeeper:
                     self._out(spec, "it stopped answering its health check")
                 return
             state.failures = 0
-            if self._keys_expire_soon(instance):
+            if instance.keys_expire_within(self.layout.renew_before_s):
                 self._renew(spec)
             elif self._keys_changed(spec):
                 logger.info("%s: its keys were renewed outside the keeper; the sidecar takes them", spec.name)
@@ -200,10 +206,6 @@ class FleetKeeper:
 
     # ------------------------------------------------------------------------------------------- keys
 
-    def _keys_expire_soon(self, instance: TorchServeInstance) -> bool:
-        soonest = min(instance.key_expiry("inference"), instance.key_expiry("management"))
-        return soonest - time.time() < self.layout.renew_before_s
-
     def _keys_changed(self, spec: ReplicaSpec) -> bool:
         keys = read_keys(self.instances[spec.name].key_file)
         return self.published.get(spec.name) != (keys["inference"], keys["management"])
@@ -239,14 +241,8 @@ class FleetKeeper:
         self.gateway.render(self.settings, self._routes(), GatewayKeys(self.layout.key_file).all())
 
     def _publish(self, spec: ReplicaSpec) -> None:
-        """The replica's sidecar state: in service or not, and the keys in its key file now."""
-        try:
-            keys = read_keys(self.instances[spec.name].key_file)
-        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-            keys = {"inference": "", "management": ""}
-        self.published[spec.name] = (keys["inference"], keys["management"])
-        self.gateway.publish(spec.name, ReplicaState(self.states[spec.name].phase == "in_service",
-                                                     keys["inference"], keys["management"]))
+        self.published[spec.name] = publish_replica(self.gateway, spec.name, self.instances[spec.name].key_file,
+                                                    self.states[spec.name].phase == "in_service")
 
     def _report(self, stopped: bool = False) -> None:
         report = {"updated": time.time(), "stopped": stopped, "gateway": self.settings.url,
@@ -254,6 +250,17 @@ class FleetKeeper:
         path = self.layout.report_path
         path.with_suffix(".tmp").write_text(json.dumps(report, indent=1))
         os.replace(path.with_suffix(".tmp"), path)
+
+
+def publish_replica(gateway: Gateway, replica: str, key_file: Path, in_service: bool) -> tuple[str, str]:
+    """Tell the replica's sidecar whether to serve, with the keys in TorchServe's key file now (none while
+    TorchServe has not written it); returns the (inference, management) keys published."""
+    try:
+        keys = read_keys(key_file)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        keys = {"inference": "", "management": ""}
+    gateway.publish(replica, ReplicaState(in_service, keys["inference"], keys["management"]))
+    return keys["inference"], keys["management"]
 
 
 def join_step(client: TorchServeClient, model: str, history_path: Path, workers: int | None = None,
@@ -339,17 +346,8 @@ def read_report(layout: FleetLayout) -> dict[str, Any] | None:
 
 
 def keeper_pid(layout: FleetLayout) -> int | None:
-    try:
-        pid = int((layout.run_dir / KEEPER_PID_FILE).read_text())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
-        return None
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return None
-    except ChildProcessError:
-        pass
-    return pid
+    """The keeper's pid while it runs (it leads its own process group, as TorchServe and nginx do theirs)."""
+    return live_group_leader(layout.run_dir / KEEPER_PID_FILE)
 
 
 def start(layout: FleetLayout, timeout_s: float = 300.0) -> subprocess.Popen[bytes]:

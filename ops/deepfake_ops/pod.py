@@ -39,10 +39,11 @@ from .fleet import (
     HEALTH_TIMEOUT_S,
     ReplicaPhase,
     join_step,
+    publish_replica,
     serves,
     wait_until_idle,
 )
-from .gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute, ReplicaState
+from .gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute
 from .gateway_keys import GatewayKeys, KeyFileError
 from .replicas import LayoutError, discover
 from .rollout import RolloutError
@@ -307,7 +308,7 @@ class Sidecar(Role):
                     self.out("it stopped answering its health check")
                 return
             state.failures = 0
-            if self.keys_expire_soon():
+            if self.instance.keys_expire_within(self.renew_before_s):
                 self.renew()
             elif self.published != (keys["inference"], keys["management"]):
                 logger.info("%s: its keys were renewed outside the sidecar; publishing them", self.name)
@@ -329,16 +330,12 @@ class Sidecar(Role):
         logger.warning("%s: %s", self.name, why)
         self.publish()
 
-    def keys_expire_soon(self) -> bool:
-        soonest = min(self.instance.key_expiry("inference"), self.instance.key_expiry("management"))
-        return soonest - time.time() < self.renew_before_s
-
     def renew(self) -> None:
         """Drain (the gateway sends this pod's requests to the others, and those already sent to TorchServe are
         answered: the pod shares one network namespace), renew both keys, serve again."""
         self.set_phase("draining", "renewing its TorchServe keys")
         self.publish()
-        if not wait_until_idle(self.instance.inference_port, DRAIN_TIMEOUT_S):
+        if not wait_until_idle(self.instance.inference_port, DRAIN_TIMEOUT_S, stop=lambda: self.stopping):
             logger.warning("%s: requests still open after %.0f s of draining; renewing anyway", self.name,
                            DRAIN_TIMEOUT_S)
         try:
@@ -352,14 +349,8 @@ class Sidecar(Role):
         logger.info("%s: TorchServe keys renewed (drained first)", self.name)
 
     def publish(self) -> None:
-        """The sidecar block's state file: in service or not, and the keys in TorchServe's key file now."""
-        try:
-            keys = read_keys(self.instance.key_file)
-        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
-            keys = {"inference": "", "management": ""}
-        self.published = (keys["inference"], keys["management"])
-        self.gateway.publish(self.name, ReplicaState(self.state.phase == "in_service", keys["inference"],
-                                                     keys["management"]))
+        self.published = publish_replica(self.gateway, self.name, self.instance.key_file,
+                                         self.state.phase == "in_service")
 
     def report(self, stopped: bool = False) -> None:
         report = {"updated": time.time(), "stopped": stopped, **vars(self.state)}

@@ -201,12 +201,11 @@ class TorchServeInstance:
                     raise ServerError(f"no key file at {self.key_file}: did TorchServe start?") from None
                 time.sleep(0.2)
 
-    def key_expiry(self, kind: str) -> float:
-        """When the ``inference`` or ``management`` key in the key file expires (a Unix time)."""
-        text = str(json.loads(self.key_file.read_text())[kind]["expiration time"])
-        whole, _, fraction = text.rstrip("Z").partition(".")  # 2026-12-01T17:04:41.586898916Z: nanoseconds
-        moment = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.timezone.utc)
-        return moment.timestamp() + float(f"0.{fraction or 0}")
+    def keys_expire_within(self, seconds: float) -> bool:
+        """Whether the inference or the management key in the key file expires within ``seconds``."""
+        data = json.loads(self.key_file.read_text())
+        return min(_expiry(data[kind]["expiration time"]) for kind in ("inference", "management")) \
+            - time.time() < seconds
 
     def renew_keys(self, kinds: tuple[str, ...] = ("inference", "management"),
                    timeout_s: float = 30.0) -> dict[str, str]:
@@ -311,6 +310,13 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _expiry(text: str) -> float:
+    """TorchServe's ``2026-12-01T17:04:41.586898916Z`` (nanoseconds) as a Unix time."""
+    whole, _, fraction = str(text).rstrip("Z").partition(".")
+    moment = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp() + float(f"0.{fraction or 0}")
 
 
 def live_group_leader(pid_file: Path) -> int | None:
