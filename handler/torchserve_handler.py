@@ -89,10 +89,10 @@ class DeepfakeDetectorHandler:
             logger.info("audit log: %s", self.audit.settings.path)
         logger.info("video temp folder: %s", video_temp)
         info = self.pipeline.model_info
-        logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s %s, freed memory kept: %s, "
-                    "warm-up %.2f s)", info.name, version, device, torch.get_num_threads(),
-                    self.pipeline.runtime.name, info.compute, f"up to {settings.keep_freed_mb} MB" if kept else "no",
-                    warm_up_s)
+        logger.info("deepfake detector %s version %s on %s (%d threads, forward: %s %s, face search: %s, freed "
+                    "memory kept: %s, warm-up %.2f s)", info.name, version, device, torch.get_num_threads(),
+                    self.pipeline.runtime.name, info.compute, self.pipeline.face_detector.stages.networks.name,
+                    f"up to {settings.keep_freed_mb} MB" if kept else "no", warm_up_s)
         if not info.trained:
             logger.warning(
                 "model %s version %s carries UNTRAINED weights (seeded initialisation): its verdicts are "

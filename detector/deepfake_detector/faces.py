@@ -10,8 +10,8 @@ Policy, in one place:
 * A frame in which that search finds no face gets a second look (:meth:`FaceDetector.detect`): a search on a
   larger copy (the frame itself up to ``second_look_max_pixels``), from ``min_face_size`` px of that copy.
   Only faceless frames pay for it; the answer says which search found the faces (``face_search``).
-* Frames of the same copy size are detected in one batched MTCNN call (:func:`detect_batched`, on the CPU
-  and the GPU alike).
+* Frames of the same copy size are detected in one batched MTCNN call (:class:`~.mtcnn.Mtcnn`: facenet-pytorch's
+  boxes, computed faster; its networks on OpenVINO or PyTorch, ``detect_runtime``).
 * Detections below ``min_face_probability`` are dropped; the ``max_faces_per_frame`` (32) most confident
   remaining faces are kept, most confident first (equal probabilities keep MTCNN's order), and the number
   left out beyond that bound is reported. Every kept face is scored, and the frame scores as its most-fake
@@ -32,12 +32,10 @@ import cv2
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN
-from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, pad, rerec
-from torch.nn.functional import interpolate
-from torchvision.ops.boxes import batched_nms
 
 from .config import PipelineSettings
 from .errors import InputError
+from .mtcnn import Mtcnn
 from .transforms import Box
 from .verdict import FaceSearch
 
@@ -112,9 +110,13 @@ class FrameFaces:
 
 
 class FaceDetector:
-    """Batched MTCNN over downscaled copies, with the selection policy of this module's docstring."""
+    """Batched MTCNN over downscaled copies, with the selection policy of this module's docstring.
 
-    def __init__(self, settings: PipelineSettings, device: str | torch.device = "cpu") -> None:
+    ``threads``: the intra-op threads of OpenVINO's networks (default: PyTorch's, which the worker has set).
+    """
+
+    def __init__(self, settings: PipelineSettings, device: str | torch.device = "cpu",
+                 threads: int | None = None) -> None:
         self.settings = settings
         self.device = torch.device(device)
         self.mtcnn = MTCNN(
@@ -125,13 +127,12 @@ class FaceDetector:
             device=self.device,
         )
         self.mtcnn.eval()
+        self.stages = Mtcnn.create(self.mtcnn, settings.detect_runtime, threads or torch.get_num_threads())
 
     def warm_up(self) -> None:
-        """Each of the three networks once: a blank frame gives the first no candidate for the other two."""
+        """Each of the three networks once, and a whole search of a blank frame."""
+        self.stages.warm_up()
         self.detect([np.full((480, 640, 3), 128, dtype=np.uint8)])
-        with torch.inference_mode():
-            for network, size in ((self.mtcnn.rnet, 24), (self.mtcnn.onet, 48)):
-                network(_network_input(torch.zeros(2, 3, size, size, device=self.device)))
 
     def detect(self, frames: list[np.ndarray]) -> list[FrameFaces]:
         """Faces for each RGB uint8 frame, in the same order, boxes in the frame's own pixels: the first search
@@ -139,7 +140,7 @@ class FaceDetector:
         first = self.search(frames, lambda w, h: detection_size(w, h, self.settings))
         found = [FrameFaces(faces, left_out, "first" if faces else "none") for faces, left_out in first]
         faceless = [position for position, result in enumerate(found)
-                    if not result.faces and self._second_look_differs(frames[position])]
+                    if not result.faces and self.second_look_differs(frames[position])]
         if faceless:
             second = self.search([frames[p] for p in faceless],
                                  lambda w, h: second_look_size(w, h, self.settings))
@@ -148,7 +149,7 @@ class FaceDetector:
                     found[position] = FrameFaces(faces, left_out, "second_look")
         return found
 
-    def _second_look_differs(self, frame: np.ndarray) -> bool:
+    def second_look_differs(self, frame: np.ndarray) -> bool:
         """Whether a second look at ``frame`` would search another copy than the first did (not when the
         frame is small enough for both to search it whole, or when the second look is off)."""
         height, width = frame.shape[:2]
@@ -166,8 +167,7 @@ class FaceDetector:
         found: list[tuple[list[Face], int]] = [([], 0) for _ in frames]
         for (small_w, small_h), positions in groups.items():
             batch = np.stack([shrink(frames[p], small_w, small_h) for p in positions])
-            with torch.inference_mode():
-                boxes, probabilities = detect_batched(self.mtcnn, batch)
+            boxes, probabilities = self.stages.detect(batch)
             for position, frame_boxes, frame_probs in zip(positions, boxes, probabilities):
                 height, width = frames[position].shape[:2]
                 found[position] = select_faces(frame_boxes, frame_probs, (width / small_w, height / small_h),
@@ -198,105 +198,3 @@ def select_faces(
     faces.sort(key=lambda face: face.probability, reverse=True)
     kept = faces[: settings.max_faces_per_frame]
     return kept, len(faces) - len(kept)
-
-
-def detect_batched(mtcnn: MTCNN, batch: np.ndarray) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
-    """MTCNN's three stages on a batch of same-sized uint8 RGB frames, on the device MTCNN is on.
-
-    The networks, thresholds, pyramid, resampling (area) and box arithmetic are facenet-pytorch's, so the
-    boxes are the same as ``MTCNN.detect``'s. What differs is the arrangement: the networks run in
-    channels_last memory (max-pooling is several times faster there on a CPU), and the candidate windows of
-    the second and third stages are resampled in one call per window size rather than one per window, which
-    matters most on a GPU, where facenet-pytorch's loop launches a few kernels per window.
-    Returns, per frame, an (N, 4) box array and N probabilities, or None and None when nothing was found.
-    """
-    images = torch.from_numpy(np.require(batch, requirements="W")).to(mtcnn.device).permute(0, 3, 1, 2).float()
-    count, _, height, width = images.shape
-    thresholds = mtcnn.thresholds
-    scale = 12.0 / mtcnn.min_face_size
-    shortest = min(height, width) * scale
-    scales = []
-    while shortest >= 12:
-        scales.append(scale)
-        scale *= mtcnn.factor
-        shortest *= mtcnn.factor
-
-    boxes_per_scale, frames_per_scale = [], []
-    for scale in scales:
-        level = interpolate(images, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
-        regression, probabilities = mtcnn.pnet(_network_input(level))
-        boxes, frame_of_box = generateBoundingBox(regression, probabilities[:, 1], scale, thresholds[0])
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], frame_of_box, 0.5)
-        boxes_per_scale.append(boxes[keep])
-        frames_per_scale.append(frame_of_box[keep])
-    boxes = torch.cat(boxes_per_scale)
-    frame_of_box = torch.cat(frames_per_scale)
-    keep = batched_nms(boxes[:, :4], boxes[:, 4], frame_of_box, 0.7)
-    boxes, frame_of_box = boxes[keep], frame_of_box[keep]
-    width_of_box = boxes[:, 2] - boxes[:, 0]
-    height_of_box = boxes[:, 3] - boxes[:, 1]
-    boxes = torch.stack([
-        boxes[:, 0] + boxes[:, 5] * width_of_box, boxes[:, 1] + boxes[:, 6] * height_of_box,
-        boxes[:, 2] + boxes[:, 7] * width_of_box, boxes[:, 3] + boxes[:, 8] * height_of_box, boxes[:, 4],
-    ], dim=1)
-    boxes = rerec(boxes)
-
-    if len(boxes):
-        windows, boxes, frame_of_box = _windows(images, boxes, frame_of_box, 24)
-        regression, probabilities = mtcnn.rnet(_network_input(windows))
-        passed = probabilities[:, 1] > thresholds[1]
-        boxes = torch.cat((boxes[passed, :4], probabilities[passed, 1:2]), dim=1)
-        frame_of_box, regression = frame_of_box[passed], regression[passed]
-        keep = batched_nms(boxes[:, :4], boxes[:, 4], frame_of_box, 0.7)
-        boxes = rerec(bbreg(boxes[keep], regression[keep]))
-        frame_of_box = frame_of_box[keep]
-
-    if len(boxes):
-        windows, boxes, frame_of_box = _windows(images, boxes, frame_of_box, 48)
-        regression, _, probabilities = mtcnn.onet(_network_input(windows))
-        passed = probabilities[:, 1] > thresholds[2]
-        boxes = torch.cat((boxes[passed, :4], probabilities[passed, 1:2]), dim=1)
-        frame_of_box, regression = frame_of_box[passed], regression[passed]
-        boxes = bbreg(boxes, regression)
-        keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], frame_of_box, 0.7, "Min")
-        boxes, frame_of_box = boxes[keep], frame_of_box[keep]
-
-    found = boxes.cpu().numpy()
-    frame_of_found = frame_of_box.cpu().numpy()
-    all_boxes: list[np.ndarray | None] = []
-    all_probabilities: list[np.ndarray | None] = []
-    for frame in range(count):
-        mine = found[frame_of_found == frame]
-        all_boxes.append(mine[:, :4].copy() if len(mine) else None)
-        all_probabilities.append(mine[:, 4].copy() if len(mine) else None)
-    return all_boxes, all_probabilities
-
-
-def _network_input(images: torch.Tensor) -> torch.Tensor:
-    """Float pixels (N, 3, H, W) -> MTCNN's input scaled to about [-1, 1], in channels_last memory."""
-    return ((images - 127.5) * 0.0078125).contiguous(memory_format=torch.channels_last)
-
-
-def _windows(
-    images: torch.Tensor, boxes: torch.Tensor, frame_of_box: torch.Tensor, size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each candidate's window clipped to its frame and resampled to size x size, and the boxes kept.
-
-    Windows of one shape are stacked and resampled together: the same numbers as one call each.
-    """
-    height, width = images.shape[2:]
-    top, bottom, left, right = pad(boxes, width, height)
-    frames = frame_of_box.cpu().numpy()
-    kept = [k for k in range(len(top)) if bottom[k] > top[k] - 1 and right[k] > left[k] - 1]
-    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for position, k in enumerate(kept):
-        by_shape[(bottom[k] - top[k] + 1, right[k] - left[k] + 1)].append(position)
-    windows = torch.empty(len(kept), 3, size, size, device=images.device)
-    for positions in by_shape.values():
-        crops = torch.stack([
-            images[frames[kept[p]], :, top[kept[p]] - 1:bottom[kept[p]], left[kept[p]] - 1:right[kept[p]]]
-            for p in positions
-        ])
-        windows[positions] = interpolate(crops, size=(size, size), mode="area")
-    selection = torch.as_tensor(kept, dtype=torch.int64, device=boxes.device)
-    return windows, boxes[selection], frame_of_box[selection]

@@ -163,7 +163,7 @@ def recall_media(extra_dir: Path | None = None) -> dict[str, np.ndarray]:
     """
     made = make_load_media()
     media: dict[str, np.ndarray] = {}
-    for path in [*(p for sizes in made.photos.values() for p in sizes.values()), made.group_photo]:
+    for path in made.all_photos():
         media[path.name] = load_rgb(path)
     for name, stride in (("carphone", CARPHONE_STRIDE), ("clip_720p", CLIP_STRIDE)):
         for index, frame in video_frames(made.videos[name], stride):

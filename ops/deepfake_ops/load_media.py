@@ -65,6 +65,10 @@ class LoadMedia:
     def photos_of_size(self, size: str) -> list[Path]:
         return [sizes[size] for sizes in self.photos.values()]
 
+    def all_photos(self) -> list[Path]:
+        """Every photo: each face photo at each size, then the group photo."""
+        return [*(path for sizes in self.photos.values() for path in sizes.values()), self.group_photo]
+
 
 def resize_photo(source: Path, height: int) -> Image.Image:
     """The photo resized (Lanczos) so that its height is ``height``; aspect ratio kept."""

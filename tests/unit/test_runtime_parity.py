@@ -1,5 +1,5 @@
-"""The faster code gives the same answers: the CPU arrangement of MTCNN against facenet-pytorch's own
-detect(), and the ONNX Runtime forward against PyTorch, on real photos and video frames.
+"""The faster code gives the same answers: the product's MTCNN against facenet-pytorch's own detect(), and
+the ONNX Runtime forward against PyTorch, on real photos and video frames.
 
 Speed itself is not asserted here (the benchmark measures it)."""
 
@@ -7,35 +7,32 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from deepfake_detector import DetectionPipeline, PipelineSettings, WeightsMismatchError, build_detector
-from deepfake_detector.faces import FaceDetector, detect_batched
+from deepfake_detector.faces import FaceDetector
 from deepfake_detector.media import decode_media
+from deepfake_ops.detection_parity import compare_with_facenet
+from deepfake_ops.load_media import resize_photo
+from deepfake_ops.packaged import CHELSEA
 
 
-def test_cpu_detection_gives_facenet_pytorchs_boxes(media):
-    """The rearranged CPU detector returns the very boxes of MTCNN.detect (photos and every video frame)."""
-    detector = FaceDetector(PipelineSettings())
-    settings = PipelineSettings(sampling="every_nth:3", max_frames=40)
-    photos = [decode_media(path.read_bytes(), settings).frames[0] for path in (media.astronaut, media.grace_hopper,
-                                                                              media.cat)]
-    batches = [frame[None] for frame in photos] + [np.stack(decode_media(media.face_video.read_bytes(),
-                                                                         settings).frames)]
-    compared = 0
-    with torch.inference_mode():
-        for batch in batches:
-            expected_boxes, expected_probabilities = detector.mtcnn.detect(batch)
-            boxes, probabilities = detect_batched(detector.mtcnn, batch)
-            for want, want_p, got, got_p in zip(expected_boxes, expected_probabilities, boxes, probabilities,
-                                                strict=True):
-                if want is None:
-                    assert got is None
-                    continue
-                assert got is not None and got.shape == np.asarray(want).shape
-                np.testing.assert_allclose(got, np.asarray(want, dtype=np.float32), atol=0.05)
-                np.testing.assert_allclose(got_p, np.asarray(want_p, dtype=np.float32), atol=1e-4)
-                compared += 1
-    assert compared >= 30
+@pytest.mark.parametrize("detect_runtime", ["openvino", "torch"])
+def test_face_search_finds_facenet_pytorchs_faces(media, load_media, detect_runtime):
+    """Both arrangements of MTCNN return MTCNN.detect's boxes (within 0.5 px) and probabilities (1e-4) on every
+    copy the product searches of the tests' and the benchmark's photos and frames: the face photos at 480p,
+    1080p and 4K, the group photo, every carphone frame, every 10th frame of the 720p clip, and faceless photos
+    with their second look, in the product's batches."""
+    detector = FaceDetector(PipelineSettings(detect_runtime=detect_runtime))
+    settings = PipelineSettings(sampling="every_nth:1", max_frames=200)
+    images = {path.name: decode_media(path.read_bytes(), settings).frames[0]
+              for path in (media.astronaut, media.grace_hopper, media.cat, *load_media.all_photos())}
+    images["cat_1080p"] = np.asarray(resize_photo(CHELSEA.locate(), 1080))  # faceless: the second look searches
+    for name, stride in (("carphone", 1), ("clip_720p", 10)):
+        decoded = decode_media(load_media.videos[name].read_bytes(), settings.replace(sampling=f"every_nth:{stride}"))
+        images.update({f"{name}#{index}": frame for index, frame in zip(decoded.frame_indices, decoded.frames)})
+    report = compare_with_facenet(detector, images)
+    assert report.same, report.mismatched
+    assert report.largest_box_px <= 0.5 and report.largest_probability <= 1e-4
+    assert report.copies >= len(images) + 1 and report.faces >= 150  # a second look was compared too
 
 
 def test_onnxruntime_forward_gives_the_networks_probabilities(default_pipeline, media, tmp_path):
