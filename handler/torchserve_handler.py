@@ -79,7 +79,8 @@ class DeepfakeDetectorHandler:
         # On a GPU too: decoding, resizing and the crops run on the CPU, in these threads.
         use_cpu_threads(settings.cpu_threads or threads_per_worker(serving_config.get("minWorkers", 1)))
         kept = keep_freed_memory(settings.keep_freed_mb)
-        onnx_file = os.path.join(model_dir, archive.ONNX_FILE) if settings.forward == "onnxruntime" else None
+        onnx_file = (os.path.join(model_dir, archive.onnx_file_name(settings.precision))
+                     if settings.forward == "onnxruntime" else None)
         self.pipeline = DetectionPipeline.from_weights(weights, settings, device=device, version=version,
                                                        onnx_file=onnx_file, model_name=self.model_name)
         warm_up_s = self.pipeline.warm_up()

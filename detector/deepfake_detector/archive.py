@@ -7,6 +7,7 @@ torch-model-archiver)::
     deepfake_detector/        this package, the code the version runs
     weights.safetensors       the tensors, with their ModelConfig in the metadata (no pickle)
     network.onnx              the ONNX Runtime export of the same weights (when ``forward: onnxruntime``)
+    network.int8.onnx         its int8 quantization (when also ``precision: int8``)
     model-config.yaml         TorchServe's batching settings and the ``handler:`` PipelineSettings
     archive_manifest.json     :class:`ArchiveManifest`: name, version, creation time, weights sha256, ...
     golden.json               the golden requests recorded at build time (see deepfake_ops.golden)
@@ -40,6 +41,7 @@ HANDLER_FILE = "torchserve_handler.py"
 PACKAGE_DIR = "deepfake_detector"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "network.onnx"
+INT8_ONNX_FILE = "network.int8.onnx"
 SERVING_CONFIG_FILE = "model-config.yaml"
 MANIFEST_FILE = "archive_manifest.json"
 GOLDEN_FILE = "golden.json"
@@ -48,6 +50,11 @@ MAR_MANIFEST_FILE = "MAR-INF/MANIFEST.json"
 
 class ArchiveError(ValueError):
     """An archive that is not one of ours, is incomplete, or whose contents do not match its manifest."""
+
+
+def onnx_file_name(precision: str) -> str:
+    """The ONNX export an archive's ``forward: onnxruntime`` runs in ``precision``."""
+    return INT8_ONNX_FILE if precision == "int8" else ONNX_FILE
 
 
 def archive_file_name(name: str, version: str) -> str:

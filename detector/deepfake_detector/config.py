@@ -28,7 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Forward = Literal["torch", "onnxruntime"]
 DetectRuntime = Literal["torch", "openvino"]
-Precision = Literal["auto", "fp32", "fp16", "bf16"]
+Precision = Literal["auto", "fp32", "fp16", "bf16", "int8"]
 CropFilter = Literal["area", "linear"]
 WEIGHTS_OWNED = {
     "face_margin": "the crop margin the weights were trained with",
@@ -167,7 +167,9 @@ class PipelineSettings:
     precision: Precision = "auto"
     """The backbone's precision with PyTorch: ``fp16`` or ``bf16`` run it under autocast, ``fp32`` (true fp32:
     no TF32 on a GPU) not; ``auto`` is fp16 on a GPU and fp32 on a CPU. The head always runs in fp32
-    (``runtimes.TorchRuntime``). On a CPU: fp32, or bf16 with ``forward: torch``."""
+    (``runtimes.TorchRuntime``). On a CPU: fp32, bf16 with ``forward: torch``, or int8 with ``forward:
+    onnxruntime`` (the archive's statically quantized export, ``deepfake_ops.quantize``; opt-in: the README's
+    int8 table says what it costs in quality)."""
     cpu_threads: int = 0
     """Intra-op threads of PyTorch, ONNX Runtime and OpenCV, on every device; 0 lets the handler divide the
     CPUs the container may use (its CPU quota, else the cores it may run on) among the workers."""

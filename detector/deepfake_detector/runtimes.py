@@ -65,13 +65,22 @@ class TorchRuntime:
             return self.model.forward_head(features.float())
 
 
+INT8_TOLERANCE = 0.3
+"""How far the int8 export's fake probabilities may lie from the fp32 network's on the seeded check batch at
+load: a gross check (the batch is random pixels, far outside the real face crops the export was calibrated
+on, where the untrained default network moved by 0.21), against an export of other weights; what int8 does to
+real faces is measured by the benchmark (README, Throughput)."""
+
+
 def resolve_precision(settings: PipelineSettings, device: torch.device) -> str:
     """The settings' ``precision`` for this device (``auto``: fp16 on a GPU, fp32 on a CPU), or ValueError
     for a combination that cannot run."""
     precision = settings.precision
     if precision == "auto":
         return "fp16" if device.type == "cuda" else "fp32"
-    if device.type == "cpu" and precision != "fp32":
+    if precision == "int8" and (device.type != "cpu" or settings.forward != "onnxruntime"):
+        raise ValueError("precision: int8 runs on a CPU with forward: onnxruntime (the archive's int8 export)")
+    if device.type == "cpu" and precision not in ("fp32", "int8"):
         if precision == "fp16":
             raise ValueError("precision: fp16 runs on a GPU only; on a CPU use fp32 or bf16 (with forward: torch)")
         if settings.forward != "torch":
@@ -93,6 +102,11 @@ def select_runtime(
     if onnx_file is None:
         raise ValueError("forward: onnxruntime needs the ONNX export of the weights (onnx_file; `make mar` "
                          "packs it into the archive)")
+    if precision == "int8":
+        if not Path(onnx_file).exists():
+            raise ValueError(f"precision: int8 needs the int8 export of the weights ({onnx_file}): `make mar` packs "
+                             "it when the settings say precision: int8")
+        return OnnxRuntimeForward(model, onnx_file, torch.get_num_threads(), INT8_TOLERANCE, "int8")
     return OnnxRuntimeForward(model, onnx_file, torch.get_num_threads())
 
 
@@ -100,19 +114,21 @@ class OnnxRuntimeForward:
     """The network's logits computed by ONNX Runtime on the CPU, from an export of the very same weights.
 
     Under CPU contention (a TorchServe frontend and other workers on the same cores) ONNX Runtime's thread
-    pool degrades far less than PyTorch's OpenMP threads. ``onnx_file`` is exported from ``model`` when it
-    does not exist yet. The session is only kept if its fake probabilities agree with the eager fp32 network
-    within ``tolerance`` on a seeded batch; otherwise :class:`WeightsMismatchError` is raised and the worker
-    refuses to load (an archive whose export is not its weights' must not serve).
+    pool degrades far less than PyTorch's OpenMP threads. An fp32 ``onnx_file`` is exported from ``model`` when
+    it does not exist yet; an int8 one (``precision="int8"``, ``deepfake_ops.quantize``) must exist. The
+    session is only kept if its fake probabilities agree with the eager fp32 network within ``tolerance`` on a
+    seeded batch; otherwise :class:`WeightsMismatchError` is raised and the worker refuses to load (an archive
+    whose export is not its weights' must not serve).
     """
 
     name = "onnxruntime"
-    compute = "cpu/fp32"
 
-    def __init__(self, model: DeepfakeDetector, onnx_file: str | Path, threads: int, tolerance: float = 1e-4) -> None:
+    def __init__(self, model: DeepfakeDetector, onnx_file: str | Path, threads: int, tolerance: float = 1e-4,
+                 precision: str = "fp32") -> None:
         import onnxruntime
 
         self.path = Path(onnx_file)
+        self.compute = f"cpu/{precision}"
         if not self.path.exists():
             export_onnx(model, self.path)
         options = onnxruntime.SessionOptions()

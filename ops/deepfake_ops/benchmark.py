@@ -3,7 +3,7 @@
     deepfake-benchmark            # `make benchmark`
     deepfake-benchmark --quick    # fewer repetitions, shorter Locust runs, one forward runtime
     deepfake-benchmark --sweep    # also serve 1080p photos under several batchSize/delay/worker settings
-    deepfake-benchmark --quick --only jobs   # one part alone (network, pipeline, served, coverage, jobs)
+    deepfake-benchmark --quick --only jobs   # one part alone (network, pipeline, served, coverage, jobs, limit)
 
 Parts, all on the untrained seeded weights that `make mar` packs (speed does not depend on training):
 
@@ -21,6 +21,11 @@ Parts, all on the untrained seeded weights that `make mar` packs (speed does not
     config/model-config.yaml) at saturation, driven by Locust;
 (d) whole-input coverage: a 32-frame verdict on a 10-minute 720p video against a 10 s one, the ways to seek,
     the face search before and after;
+(f) near the limit (``bench_limit``): the face search's share of a photo's cost under facenet-pytorch's
+    MTCNN.detect, the product's arrangement with PyTorch's networks and with OpenVINO's, with the parity of
+    their boxes; the int8 forward against fp32 (network alone, 1080p in-process, the shift on real face crops,
+    the train-demo's held-out AUC and log loss); with (a) and (c), served 1080p photos over the network alone
+    (the configured forward at its best batch);
 (e) the job path: the 10-minute 720p video (60 s with --quick) submitted as a job (a private TorchServe as in
     (c) behind a private job service: Redis, the Celery workers, the job API), submit to done, against the same
     sampling (every_seconds:5) scored in-process on the same frames, in turns; both must score the same frame
@@ -71,32 +76,19 @@ from deepfake_jobs.settings import JobSettings
 from facenet_pytorch import MTCNN
 from PIL import Image
 
-from . import face_recall, load_media, seeking
+from . import bench_limit, face_recall, load_media, seeking
 from .build_mar import DEFAULT_SERVING_CONFIG, build_archive
 from .load_media import DEFAULT_MEDIA_DIR, LoadMedia, make_load_media, resize_photo
 from .loadtest import JobService, run_locust, start_private_jobs, start_private_server, warm_up
 from .packaged import CHELSEA
 from .paths import REPORTS
+from .timing import Timing, interleaved_timings, median_timing, paired_ratio
 
 REPORT_DIR = REPORTS / "benchmark"
 MODEL_NAME = DEFAULT_MODEL_NAME
 IMAGE_SIZES = ("480p", "1080p", "4k")
 REFERENCE_DETECT_SIDE = 640
-SECTIONS = ("network", "pipeline", "served", "coverage", "jobs")
-
-
-@dataclass
-class Timing:
-    """Median seconds per item of each stage over the repetitions, and items per second; ``rounds_ms`` keeps
-    every round's ms per item, so that measurements taken in the same rounds can be compared round by round."""
-
-    stages_ms: dict[str, float]
-    ms_per_item: float
-    rounds_ms: list[float] = field(default_factory=list)
-
-    @property
-    def per_second(self) -> float:
-        return 1000.0 / self.ms_per_item if self.ms_per_item > 0 else float("nan")
+SECTIONS = ("network", "pipeline", "served", "coverage", "jobs", "limit")
 
 
 @dataclass
@@ -114,39 +106,9 @@ class Results:
     served: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
     jobs: dict[str, Any] = field(default_factory=dict)
+    detection: dict[str, Any] = field(default_factory=dict)
+    int8: dict[str, Any] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
-
-
-def median_timing(run: Callable[[], dict[str, float]], items: int, repeats: int) -> Timing:
-    """Run ``repeats`` times (after one warm-up); ``run`` returns seconds by stage for ``items`` items."""
-    return interleaved_timings({"run": (run, items)}, repeats)["run"]
-
-
-def interleaved_timings(runs: dict[str, tuple[Callable[[], dict[str, float]], int]], repeats: int) -> dict[str, Timing]:
-    """Median timings of several measurements taken in turns, one sample of each per round.
-
-    Measurements that are compared with each other (480p against 4K, ours against the reference) share every
-    round, so a machine whose speed drifts during the run (other tenants, heat) shifts them all alike.
-    """
-    for run, _ in runs.values():
-        run()
-    samples: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, (run, _) in runs.items():
-            samples[name].append(run())
-    timings = {}
-    for name, (_, items) in runs.items():
-        taken = samples[name]
-        stages = {stage: 1000 * statistics.median(s[stage] for s in taken) / items for stage in taken[0]}
-        rounds = [1000 * sum(s.values()) / items for s in taken]
-        timings[name] = Timing(stages, statistics.median(rounds), rounds)
-    return timings
-
-
-def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
-    """Median, lowest and highest of the round-by-round ratios of two measurements taken in the same rounds."""
-    ratios = [a / b for a, b in zip(numerator, denominator)]
-    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 # ---------------------------------------------------------------- the straightforward reference
@@ -699,6 +661,9 @@ def markdown(results: Results, command: str) -> str:
                         ("inprocess_over_reference_1080p", ">= 1.5"), ("cost_1080p_over_480p", "<= 1.3"),
                         ("cost_4k_over_480p", "<= 1.3"), ("video_stride10_over_stride1", "<= 0.25"),
                         ("verdict_10min_over_10s", "<= 1.5"), ("job_over_inprocess_fps", ">= 0.8"),
+                        ("served_1080p_over_network_alone", ">= 0.7"),
+                        *((f"photo_cost_{size}_openvino_over_facenet", "-") for size in IMAGE_SIZES),
+                        ("int8_over_fp32_network", "-"), ("int8_over_fp32_1080p_inprocess", "-"),
                         *((f"face_photo_{size}_after_over_before", "<= 1.15") for size in IMAGE_SIZES),
                         ("face_photo_group_after_over_before", "-"), ("face_recall", ">= 0.95"),
                         ("face_recall_before", "-"),
@@ -714,6 +679,7 @@ def markdown(results: Results, command: str) -> str:
                   f"reference searches from 20 px faces, the pipeline from min_face_size); largest fake-probability "
                   f"difference from eager fp32 on the same crops {quality['max_prob_diff']:.1e}; carphone frames "
                   f"with a face {quality['video_frames_with_face']}."]
+    lines += limit_tables(results)
     if results.seeking:
         lines += ["", "| 32 frames spread over | method | ms per sampled frame | exact frames | largest time error s |",
                   "|---|---|---|---|---|"]
@@ -759,6 +725,55 @@ def markdown(results: Results, command: str) -> str:
     return "\n".join(lines)
 
 
+def limit_tables(results: Results) -> list[str]:
+    """Part (f): the face search's share of a photo's cost under each search, and the int8 forward."""
+    lines: list[str] = []
+    detection = results.detection
+    if detection:
+        searches = detection["searches"]
+        lines += ["", "| photo | " + " | ".join(f"detect ms (share), {name}" for name in searches)
+                  + " | photo ms, " + " / ".join(searches) + " |", "|---|" + "---|" * (len(searches) + 1)]
+        for size in IMAGE_SIZES:
+            row = detection[size]
+            lines.append(f"| {size} | " + " | ".join(f"{row[n]['detect_ms']:.1f} ({100 * row[n]['share']:.0f}%)"
+                                                     for n in searches)
+                         + " | " + " / ".join(f"{row[n]['ms_per_photo']:.1f}" for n in searches) + " |")
+        parity = [detection[key] | {"networks": key.removeprefix("parity_")} for key in detection
+                  if key.startswith("parity_")]
+        lines += ["", "Same boxes: " + "; ".join(
+            f"{p['networks']} networks against facenet-pytorch's MTCNN.detect on {p['copies']} detection copies "
+            f"({p['faces']} faces): largest box difference {p['largest_box_px']:.1e} px, probability "
+            f"{p['largest_probability']:.1e}, mismatched {len(p['mismatched'])}" for p in parity) + "."]
+    int8 = results.int8
+    if int8:
+        lines += ["", "| int8 forward, " + f"{results.settings['forward']} | network batch | fp32 img/s | int8 img/s "
+                  "| int8 / fp32 (rounds) |", "|---|---|---|---|---|"]
+        demo = int8.get("train_demo")
+        for label, rows in (("default weights", int8["network"]),
+                            *(((f"train-demo ({demo['backbone']}, {demo['input_size']} px)", demo["network"]),)
+                              if demo else ())):
+            lines += [f"| {label} | {r['batch']} | {r['fp32_img_s']:.1f} | {r['int8_img_s']:.1f} "
+                      f"| {r['int8_over_fp32']:.2f} ({r['lowest']:.2f}-{r['highest']:.2f}) |" for r in rows]
+        shift, inproc = int8["shift_on_real_crops"], int8["pipeline_1080p"]
+        lines += ["", f"int8 on the default weights: largest fake-probability shift on {shift['crops']} real face "
+                  f"crops {shift['largest']:.3f} (the fp32 export: {shift['fp32_onnx_largest']:.1e}); 1080p photos "
+                  f"in-process {inproc['fp32_per_s']:.2f}/s fp32, {inproc['int8_per_s']:.2f}/s int8 "
+                  f"(x{inproc['int8_over_fp32']:.2f}, rounds {inproc['lowest']:.2f}-{inproc['highest']:.2f})."]
+        if demo:
+            lines += ["", "| train-demo, held out | crops | ROC AUC | log loss | accuracy |", "|---|---|---|---|---|"]
+            lines += [f"| {name} | {demo['crops']} | {demo[name]['roc_auc']:.3f} | {demo[name]['log_loss']:.4f} "
+                      f"| {demo[name]['accuracy']:.3f} |" for name in ("fp32", "int8")]
+            lines += ["", f"Largest fake-probability shift int8 - fp32 on those crops: {demo['largest_shift']:.3f}."]
+    return lines
+
+
+def configured_network_alone(results: Results) -> float | None:
+    """Images/s of the configured forward alone at its best batch size in part (a), or None without (a)."""
+    key = "onnxruntime_img_s" if results.settings["forward"] == "onnxruntime" else "pipeline_img_s"
+    rates = [row[key] for row in results.network if key in row]
+    return max(rates) if rates else None
+
+
 def compute_ratios(results: Results) -> dict[str, float]:
     ratios: dict[str, float] = {}
     for name, row in results.pipeline.items():
@@ -775,6 +790,22 @@ def compute_ratios(results: Results) -> dict[str, float]:
         ratios[f"cost_{size}_over_480p_lowest"], ratios[f"cost_{size}_over_480p_highest"] = low, high
     if results.video_stride:
         ratios["video_stride10_over_stride1"] = results.video_stride["ratio"]
+    network_alone = configured_network_alone(results)
+    if network_alone and "1080p" in results.served:
+        ratios["served_1080p_over_network_alone"] = results.served["1080p"]["steady_requests_per_s"] / network_alone
+    for size in IMAGE_SIZES if results.detection else ():
+        for search in results.detection["searches"]:
+            ratios[f"detect_share_{size}_{search}"] = results.detection[size][search]["share"]
+        change = results.detection[size]["photo_cost_after_over_before"]
+        ratios[f"photo_cost_{size}_openvino_over_facenet"] = change["ratio"]
+        ratios[f"photo_cost_{size}_openvino_over_facenet_lowest"] = change["lowest"]
+        ratios[f"photo_cost_{size}_openvino_over_facenet_highest"] = change["highest"]
+    if results.int8:
+        best = max(results.int8["network"], key=lambda row: row["int8_img_s"])
+        ratios["int8_over_fp32_network"] = best["int8_over_fp32"]
+        ratios["int8_over_fp32_network_lowest"] = best["lowest"]
+        ratios["int8_over_fp32_network_highest"] = best["highest"]
+        ratios["int8_over_fp32_1080p_inprocess"] = results.int8["pipeline_1080p"]["int8_over_fp32"]
     if results.jobs:
         ratios["job_over_inprocess_fps"] = results.jobs["ratio"]
         ratios["job_over_inprocess_fps_lowest"] = results.jobs["ratio_lowest"]
@@ -880,6 +911,13 @@ def main(argv: list[str] | None = None) -> int:
                 row = bench_served_one(swept, args.report_dir / f"run-sweep{number}", media,
                                        max(users, 2 * config["batchSize"] * config["minWorkers"]), run_time)
                 results.sweep.append(config | row)
+    if "limit" in parts:
+        print("(f) near the limit: the face search's share, the int8 forward", flush=True)
+        results.detection = bench_limit.bench_detection(pipeline, media, batch, repeats)
+        if onnx_forward is not None:
+            results.int8 = bench_limit.bench_int8(reference_model, onnx_forward, pipelines["onnxruntime"], media,
+                                                  args.report_dir, [1, 8] if args.quick else [1, 4, 8, 16], batch,
+                                                  repeats)
     if "jobs" in parts:
         assert archive is not None
         seconds = 60.0 if args.quick else 600.0

@@ -3,11 +3,13 @@
     deepfake-build-mar                                          # untrained default, version 1.0
     deepfake-build-mar --weights best.safetensors --version 2.0
     deepfake-build-mar --version 1.1 --set sampling=every_nth:5 --set threshold=0.6
+    deepfake-build-mar --version 1.2 --set precision=int8       # also the int8 export, and it serves
 
 (``python -m deepfake_ops.build_mar`` is the same; ``make mar`` calls it.) What goes into an archive is
 ``deepfake_detector.archive``'s to say; this module gathers the parts: the weights (the untrained seeded
 default when none are given), ``config/model-config.yaml`` with the overrides, the ONNX export when the
-settings ask for ONNX Runtime. Then the archive's own handler runs in a fresh process on a few real inputs and
+settings ask for ONNX Runtime, and its int8 quantization (``deepfake_ops.quantize``) when they also ask for
+``precision: int8``. Then the archive's own handler runs in a fresh process on a few real inputs and
 their answers are added as ``golden.json`` (``deepfake_ops.golden``), which ``deepfake-rollout verify``
 replays against the live server; ``--no-golden`` skips that step.
 """
@@ -27,6 +29,7 @@ import yaml
 from deepfake_detector.archive import (
     DEFAULT_MODEL_NAME,
     HANDLER_FILE,
+    INT8_ONNX_FILE,
     ONNX_FILE,
     PACKAGE_DIR,
     WEIGHTS_FILE,
@@ -42,6 +45,7 @@ from deepfake_detector.weights import load_weights, read_model_config, save_weig
 
 from .golden import record_golden
 from .paths import CONFIG_DIR, MODEL_STORE, REPO
+from .quantize import calibration_images, quantize_network
 
 PACKAGE = REPO / "detector" / PACKAGE_DIR
 HANDLER = REPO / "handler" / HANDLER_FILE
@@ -92,7 +96,11 @@ def build_archive(
         extra_files = []
         if settings.forward == "onnxruntime":
             # Exported at build time so that workers start fast; the handler checks it against PyTorch at load.
-            extra_files.append(export_onnx(load_weights(weights_file).eval(), stage / ONNX_FILE))
+            model = load_weights(weights_file).eval()
+            extra_files.append(export_onnx(model, stage / ONNX_FILE))
+            if settings.precision == "int8":  # beside the fp32 export: the archive's config chooses
+                extra_files.append(quantize_network(extra_files[0], stage / INT8_ONNX_FILE,
+                                                    calibration_images(model)))
         manifest = ArchiveManifest.new(name, version, file_sha256(weights_file),
                                        json.loads(model_config.to_json()), config["handler"])
         built = write_archive(stage / "built.mar", manifest, HANDLER, PACKAGE, weights_file,
