@@ -197,6 +197,8 @@ class PipelineSettings:
             raise ValueError(f"detect_runtime must be torch or openvino, got {self.detect_runtime!r}")
         if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be one of {', '.join(get_args(Precision))}, got {self.precision!r}")
+        if self.precision == "int8" and self.forward != "onnxruntime":
+            raise ValueError("precision: int8 runs with forward: onnxruntime (the archive's int8 export)")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
         for name in ("max_frames", "max_decode_per_sample", "max_decoded_frames", "min_track_frames", "detect_max_side",

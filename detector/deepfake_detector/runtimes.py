@@ -17,6 +17,7 @@ import torch
 from .architecture import DeepfakeDetector
 from .config import PipelineSettings
 from .errors import WeightsMismatchError
+from .weights import FINGERPRINT_KEY, tensor_fingerprint
 
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -65,13 +66,6 @@ class TorchRuntime:
             return self.model.forward_head(features.float())
 
 
-INT8_TOLERANCE = 0.3
-"""How far the int8 export's fake probabilities may lie from the fp32 network's on the seeded check batch at
-load: a gross check (the batch is random pixels, far outside the real face crops the export was calibrated
-on, where the untrained default network moved by 0.21), against an export of other weights; what int8 does to
-real faces is measured by the benchmark (README, Throughput)."""
-
-
 def resolve_precision(settings: PipelineSettings, device: torch.device) -> str:
     """The settings' ``precision`` for this device (``auto``: fp16 on a GPU, fp32 on a CPU), or ValueError
     for a combination that cannot run."""
@@ -102,12 +96,10 @@ def select_runtime(
     if onnx_file is None:
         raise ValueError("forward: onnxruntime needs the ONNX export of the weights (onnx_file; `make mar` "
                          "packs it into the archive)")
-    if precision == "int8":
-        if not Path(onnx_file).exists():
-            raise ValueError(f"precision: int8 needs the int8 export of the weights ({onnx_file}): `make mar` packs "
-                             "it when the settings say precision: int8")
-        return OnnxRuntimeForward(model, onnx_file, torch.get_num_threads(), INT8_TOLERANCE, "int8")
-    return OnnxRuntimeForward(model, onnx_file, torch.get_num_threads())
+    if precision == "int8" and not Path(onnx_file).exists():
+        raise ValueError(f"precision: int8 needs the int8 export of the weights ({onnx_file}): `make mar` packs "
+                         "it when the settings say precision: int8")
+    return OnnxRuntimeForward(model, onnx_file, torch.get_num_threads(), precision)
 
 
 class OnnxRuntimeForward:
@@ -115,16 +107,19 @@ class OnnxRuntimeForward:
 
     Under CPU contention (a TorchServe frontend and other workers on the same cores) ONNX Runtime's thread
     pool degrades far less than PyTorch's OpenMP threads. An fp32 ``onnx_file`` is exported from ``model`` when
-    it does not exist yet; an int8 one (``precision="int8"``, ``deepfake_ops.quantize``) must exist. The
-    session is only kept if its fake probabilities agree with the eager fp32 network within ``tolerance`` on a
-    seeded batch; otherwise :class:`WeightsMismatchError` is raised and the worker refuses to load (an archive
-    whose export is not its weights' must not serve).
+    it does not exist yet, and the session is only kept if its fake probabilities agree with the eager fp32
+    network within ``tolerance`` on a seeded batch. An int8 one (``precision="int8"``, made by
+    ``deepfake_ops.quantize``) must exist and must name these weights' ``tensor_fingerprint`` in its metadata:
+    its numbers differ from the weights' by design (more on random pixels than on faces: an untrained network
+    moved by up to 0.76 on the seeded batch), so they cannot say which weights it came from. Otherwise
+    :class:`WeightsMismatchError` is raised and the worker refuses to load (an archive whose export is not its
+    weights' must not serve). ``difference`` is the largest probability difference on the seeded batch.
     """
 
     name = "onnxruntime"
 
-    def __init__(self, model: DeepfakeDetector, onnx_file: str | Path, threads: int, tolerance: float = 1e-4,
-                 precision: str = "fp32") -> None:
+    def __init__(self, model: DeepfakeDetector, onnx_file: str | Path, threads: int, precision: str = "fp32",
+                 tolerance: float = 1e-4) -> None:
         import onnxruntime
 
         self.path = Path(onnx_file)
@@ -140,21 +135,31 @@ class OnnxRuntimeForward:
         options.enable_cpu_mem_arena = False
         self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
-        self.difference = self._check(model, tolerance)
+        if precision == "int8":
+            self._check_quantized_from(model)
+        self.difference = self._check(model, tolerance if precision == "fp32" else None)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         inputs = images.contiguous().numpy()
         (logits,) = self.session.run(None, {self.input_name: inputs})
         return torch.from_numpy(logits)
 
-    def _check(self, model: DeepfakeDetector, tolerance: float) -> float:
+    def _check_quantized_from(self, model: DeepfakeDetector) -> None:
+        recorded = self.session.get_modelmeta().custom_metadata_map.get(FINGERPRINT_KEY)
+        if recorded != tensor_fingerprint(model):
+            raise WeightsMismatchError(
+                f"{self.path} was quantized from other weights (its {FINGERPRINT_KEY} is "
+                f"{(recorded or 'missing')[:16]}..., these weights' {tensor_fingerprint(model)[:16]}...): rebuild "
+                "the archive with `make mar`")
+
+    def _check(self, model: DeepfakeDetector, tolerance: float | None) -> float:
         size = model.config.input_size
         images = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0)) * 4 - 2
         with torch.inference_mode():
             expected = model.fake_probability(model(images))
         actual = model.fake_probability(self(images))
         difference = float((actual - expected).abs().max())
-        if not difference <= tolerance:
+        if tolerance is not None and not difference <= tolerance:
             raise WeightsMismatchError(
                 f"ONNX Runtime's fake probabilities differ from PyTorch's by {difference:.2e} (> {tolerance:.0e}) "
                 f"for {self.path}: the export is not these weights'; rebuild the archive with `make mar`, or delete "

@@ -6,6 +6,7 @@ the tensors they describe.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -19,6 +20,8 @@ from .config import ModelConfig
 from .errors import WeightsMismatchError
 
 CONFIG_METADATA_KEY = "deepfake_detector.model_config"
+FINGERPRINT_KEY = "deepfake_detector.weights_fingerprint"
+"""Metadata key under which a derived file (the int8 export) records :func:`tensor_fingerprint` of its weights."""
 
 
 def save_weights(model: DeepfakeDetector, path: str | Path) -> str:
@@ -26,6 +29,16 @@ def save_weights(model: DeepfakeDetector, path: str | Path) -> str:
     tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     save_file(tensors, str(path), metadata={CONFIG_METADATA_KEY: model.config.to_json()})
     return file_sha256(path)
+
+
+def tensor_fingerprint(model: DeepfakeDetector) -> str:
+    """sha256 over the model's config and every tensor of its state, in order: which weights a file derived
+    from them (an int8 export, whose numbers no longer match the weights') was made from."""
+    digest = hashlib.sha256(model.config.to_json().encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_model_config(path: str | Path) -> ModelConfig:

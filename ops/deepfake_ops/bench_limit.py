@@ -99,10 +99,10 @@ def bench_int8(model: DeepfakeDetector, fp32: OnnxRuntimeForward, pipeline: Dete
                folder: Path, batch_sizes: list[int], batch: int, repeats: int) -> dict[str, Any]:
     """fp32 against int8 on the benchmark's weights (speed, shift on real crops) and on the train-demo's."""
     started = time.perf_counter()
-    int8_file = quantize.quantize_network(fp32.path, folder / INT8_ONNX_FILE, quantize.calibration_images(model))
+    int8_file = quantize.quantize_network(model, fp32.path, folder / INT8_ONNX_FILE)
     int8 = quantize.int8_forward(model, int8_file)
-    print(f"  quantized in {time.perf_counter() - started:.0f} s; load check difference {int8.difference:.3f}",
-          flush=True)
+    print(f"  quantized in {time.perf_counter() - started:.0f} s; difference on the load check's random batch "
+          f"{int8.difference:.3f}", flush=True)
     result: dict[str, Any] = {"network": network_rows(model, fp32, int8, batch_sizes, repeats)}
     crops = face_crops(pipeline, model)
     result["shift_on_real_crops"] = {"crops": len(crops), "largest": quantize.probability_shift(model, int8, crops),
@@ -173,8 +173,7 @@ def train_demo_quality(folder: Path, batch_sizes: list[int], repeats: int) -> di
     demo.mkdir(exist_ok=True)
     (demo / ONNX_FILE).unlink(missing_ok=True)
     fp32 = OnnxRuntimeForward(model, demo / ONNX_FILE, torch.get_num_threads())
-    int8 = quantize.int8_forward(model, quantize.quantize_network(fp32.path, demo / INT8_ONNX_FILE,
-                                                                  quantize.calibration_images(model)))
+    int8 = quantize.int8_forward(model, quantize.quantize_network(model, fp32.path, demo / INT8_ONNX_FILE))
     quality = quantize.held_out_quality(weights, index, int8)
     quality["network"] = network_rows(model, fp32, int8, batch_sizes, repeats)
     quality["backbone"], quality["input_size"] = model.config.backbone, model.config.input_size

@@ -45,7 +45,7 @@ from deepfake_detector.weights import load_weights, read_model_config, save_weig
 
 from .golden import record_golden
 from .paths import CONFIG_DIR, MODEL_STORE, REPO
-from .quantize import calibration_images, quantize_network
+from .quantize import quantize_network
 
 PACKAGE = REPO / "detector" / PACKAGE_DIR
 HANDLER = REPO / "handler" / HANDLER_FILE
@@ -99,8 +99,7 @@ def build_archive(
             model = load_weights(weights_file).eval()
             extra_files.append(export_onnx(model, stage / ONNX_FILE))
             if settings.precision == "int8":  # beside the fp32 export: the archive's config chooses
-                extra_files.append(quantize_network(extra_files[0], stage / INT8_ONNX_FILE,
-                                                    calibration_images(model)))
+                extra_files.append(quantize_network(model, extra_files[0], stage / INT8_ONNX_FILE))
         manifest = ArchiveManifest.new(name, version, file_sha256(weights_file),
                                        json.loads(model_config.to_json()), config["handler"])
         built = write_archive(stage / "built.mar", manifest, HANDLER, PACKAGE, weights_file,

@@ -11,9 +11,11 @@ and compares, field by field (both answers read as ``Verdict``s, so an invalid a
 - everything else exactly: status, error code, label (unless the probability sits within the tolerance of
   the threshold), face counts, sampled frame indices, media description, model name and version.
 
-The answers are recorded on a CPU in fp32. The tolerances are recorded beside them, one set per
-``device/precision`` an answer may say it was computed in (``model.compute``, see ``COMPUTE_TOLERANCES``),
-and each live answer is held to the set of its own compute: a GPU replica in fp16 is not held to fp32's 1e-4.
+The answers are recorded on a CPU in the archive's own CPU precision (fp32; int8 for an archive built with
+``precision: int8``, whose workers answer as ``cpu/int8`` and are held to the same numbers). The tolerances
+are recorded beside them, one set per ``device/precision`` an answer may say it was computed in
+(``model.compute``, see ``COMPUTE_TOLERANCES``), and each live answer is held to the set of its own compute:
+a GPU replica in fp16 is not held to fp32's 1e-4.
 
 A broken archive, wrong weights or preprocessing that drifted shows up as a mismatch before users see it.
 """

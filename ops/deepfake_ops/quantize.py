@@ -33,6 +33,7 @@ from deepfake_detector.faces import FaceDetector
 from deepfake_detector.media import decode_media
 from deepfake_detector.runtimes import OnnxRuntimeForward
 from deepfake_detector.transforms import center_region, crop_and_resize, face_region, normalize
+from deepfake_detector.weights import FINGERPRINT_KEY, tensor_fingerprint
 
 from .packaged import CARPHONE, PackagedMedia
 
@@ -59,8 +60,13 @@ def calibration_images(model: DeepfakeDetector, stride: int = CALIBRATION_STRIDE
     return normalize(torch.from_numpy(np.stack(crops)), config.mean, config.std).contiguous()
 
 
-def quantize_network(fp32_onnx: Path, int8_onnx: Path, images: torch.Tensor) -> Path:
-    """Write ``int8_onnx``, the static int8 quantization of ``fp32_onnx`` calibrated on ``images``."""
+def quantize_network(model: DeepfakeDetector, fp32_onnx: Path, int8_onnx: Path, images: torch.Tensor | None = None
+                     ) -> Path:
+    """Write ``int8_onnx``, the static int8 quantization of ``fp32_onnx`` (``model``'s export) calibrated on
+    ``images`` (default :func:`calibration_images`), naming ``model``'s ``tensor_fingerprint`` in its
+    metadata: the worker refuses an int8 export that does not name its weights."""
+    if images is None:
+        images = calibration_images(model)
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -82,15 +88,16 @@ def quantize_network(fp32_onnx: Path, int8_onnx: Path, images: torch.Tensor) -> 
         quantize_static(str(prepared), str(partial), Crops(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         nodes_to_exclude=head)
+        quantized = onnx.load(str(partial))
+        onnx.helper.set_model_props(quantized, {FINGERPRINT_KEY: tensor_fingerprint(model)})
+        onnx.save(quantized, str(partial))
     partial.replace(int8_onnx)
     return int8_onnx
 
 
 def int8_forward(model: DeepfakeDetector, int8_onnx: Path, threads: int | None = None) -> OnnxRuntimeForward:
     """The serving runtime on an int8 export (checked against ``model`` at load as a worker checks it)."""
-    from deepfake_detector.runtimes import INT8_TOLERANCE
-
-    return OnnxRuntimeForward(model, int8_onnx, threads or torch.get_num_threads(), INT8_TOLERANCE, "int8")
+    return OnnxRuntimeForward(model, int8_onnx, threads or torch.get_num_threads(), "int8")
 
 
 def probability_shift(model: DeepfakeDetector, export: OnnxRuntimeForward, images: torch.Tensor) -> float:
@@ -111,7 +118,10 @@ def held_out_quality(weights: Path, index: Path, int8: OnnxRuntimeForward, split
 
     model = load_weights(weights).eval()
     config = model.config
-    samples = make_samples([row for row in read_index(index) if row.split == split], True)
+    rows = [row for row in read_index(index) if row.split == split]
+    if not rows:
+        raise ValueError(f"{index} has no crop in the {split!r} split")
+    samples = make_samples(rows, True)
     dataset = CropDataset(Path(index).parent, samples, config.input_size, train=False)
     images, targets = collate(config.mean, config.std)([dataset[i] for i in range(len(dataset))])
     with torch.inference_mode():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from deepfake_detector import DetectionPipeline, PipelineSettings, WeightsMismatchError, build_detector
 from deepfake_detector.faces import FaceDetector
 from deepfake_detector.media import decode_media
@@ -14,14 +15,19 @@ from deepfake_ops.detection_parity import compare_with_facenet
 from deepfake_ops.load_media import resize_photo
 from deepfake_ops.packaged import CHELSEA
 
+NO_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: the device code path of Mtcnn "
+                            "(summed-area tables and PyTorch's networks on the GPU) cannot run here")
 
-@pytest.mark.parametrize("detect_runtime", ["openvino", "torch"])
-def test_face_search_finds_facenet_pytorchs_faces(media, load_media, detect_runtime):
+
+@pytest.mark.parametrize(("device", "detect_runtime"),
+                         [("cpu", "openvino"), ("cpu", "torch"), pytest.param("cuda", "torch", marks=NO_GPU)])
+def test_face_search_finds_facenet_pytorchs_faces(media, load_media, device, detect_runtime):
     """Both arrangements of MTCNN return MTCNN.detect's boxes (within 0.5 px) and probabilities (1e-4) on every
     copy the product searches of the tests' and the benchmark's photos and frames: the face photos at 480p,
     1080p and 4K, the group photo, every carphone frame, every 10th frame of the 720p clip, and faceless photos
     with their second look, in the product's batches."""
-    detector = FaceDetector(PipelineSettings(detect_runtime=detect_runtime))
+    detector = FaceDetector(PipelineSettings(detect_runtime=detect_runtime), device)
+    assert detector.stages.networks.name == detect_runtime
     settings = PipelineSettings(sampling="every_nth:1", max_frames=200)
     images = {path.name: decode_media(path.read_bytes(), settings).frames[0]
               for path in (media.astronaut, media.grace_hopper, media.cat, *load_media.all_photos())}
