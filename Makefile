@@ -43,14 +43,14 @@ nginx:  ## Make sure nginx and its njs module (the fleet's gateway) are installe
 		{ command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq nginx-light libnginx-mod-http-js openssl) || \
 		{ echo "the fleet's gateway needs nginx with njs: apt-get install nginx-light libnginx-mod-http-js openssl"; exit 1; }; }
 
-mar: install  ## Build model_store/$(NAME)-$(VERSION).mar (WEIGHTS=file.safetensors, default: untrained seeded)
-	$(PY) -m deepfake_ops.build_mar --name $(NAME) --version $(VERSION) $(if $(WEIGHTS),--weights $(WEIGHTS))
+mar: install  ## Build model_store/$(NAME)-$(VERSION).mar (WEIGHTS=file.safetensors, default: untrained seeded; MAR_ARGS="--set precision=int8")
+	$(PY) -m deepfake_ops.build_mar --name $(NAME) --version $(VERSION) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(MAR_ARGS)
 
 # Rebuilt when what goes into an archive changes (the handler, the detector package, its settings, the builder
 # and the golden requests it records), so `make serve` never serves stale code.
 ARCHIVE_SOURCES := $(wildcard handler/*.py detector/deepfake_detector/*.py config/*.yaml config/*.properties) \
 	ops/deepfake_ops/build_mar.py ops/deepfake_ops/golden.py ops/deepfake_ops/archive_handler.py \
-	ops/deepfake_ops/packaged.py
+	ops/deepfake_ops/packaged.py ops/deepfake_ops/quantize.py
 $(MAR): $(ARCHIVE_SOURCES)
 	$(MAKE) mar
 

@@ -482,7 +482,10 @@ def bench_freed_memory(media: LoadMedia, megabytes: int, repeats: int) -> dict[s
 
 
 def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run_time: str,
-                 label: str = "served") -> dict[str, dict[str, Any]]:
+                 label: str = "served", network_alone: Callable[[], float] | None = None) -> dict[str, dict[str, Any]]:
+    """Each input at saturation. ``network_alone`` (images/s of the configured forward, timed in-process now)
+    is taken right before and right after the 1080p run, while the workers idle: the machine's speed drifts
+    over the minutes of a benchmark, and served 1080p over the network alone compares the two."""
     instance = start_private_server(run_dir, archive)
     results: dict[str, dict[str, Any]] = {}
     try:
@@ -497,11 +500,16 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
             # worker (fewer let one worker take them all while the other idles), and twice the run time
             # holds several of those long batches.
             video = name == "video"
+            alone = [network_alone()] if network_alone is not None and name == "1080p" else []
             summary = run_locust(instance.inference_url, token, run_dir / "locust" / name, user_class,
                                  max(2, users // 2) if video else users,
                                  f"{2 * _seconds(run_time)}s" if video else run_time, extra_env=env)
             results[name] = summary.as_dict()
             print(f"  {label} {name:>6}: {summary.line()}", flush=True)
+            if alone:
+                alone.append(network_alone())
+                results[name]["network_alone_img_s"] = alone
+                print(f"  network alone before and after it: {alone[0]:.1f} and {alone[1]:.1f} img/s", flush=True)
     finally:
         instance.stop()
     return results
@@ -768,10 +776,36 @@ def limit_tables(results: Results) -> list[str]:
 
 
 def configured_network_alone(results: Results) -> float | None:
-    """Images/s of the configured forward alone at its best batch size in part (a), or None without (a)."""
+    """Images/s of the configured forward alone at its best batch size: around the served 1080p run when it
+    was timed there (the mean of before and after), else in part (a); None without either."""
+    around = results.served.get("1080p", {}).get("network_alone_img_s")
+    if around:
+        return statistics.mean(around)
     key = "onnxruntime_img_s" if results.settings["forward"] == "onnxruntime" else "pipeline_img_s"
     rates = [row[key] for row in results.network if key in row]
     return max(rates) if rates else None
+
+
+def configured_forward_timer(pipeline: DetectionPipeline, onnx_forward: OnnxRuntimeForward | None,
+                             results: Results, batch: int, repeats: int) -> Callable[[], float]:
+    """A timer of the configured forward alone (images/s, median of ``repeats``) at part (a)'s best batch size
+    for it (``batch`` without part (a)), on seeded random crops as in part (a)."""
+    key = "onnxruntime_img_s" if pipeline.settings.forward == "onnxruntime" else "pipeline_img_s"
+    rows = [row for row in results.network if key in row]
+    best = max(rows, key=lambda row: row[key])["batch"] if rows else batch
+    config = pipeline.config
+    crops = np.random.default_rng(0).integers(0, 256, (best, config.input_size, config.input_size, 3), dtype=np.uint8)
+    images = normalize(torch.from_numpy(crops), config.mean, config.std).contiguous()
+
+    def forward() -> dict[str, float]:
+        start = time.perf_counter()
+        if onnx_forward is not None and pipeline.settings.forward == "onnxruntime":
+            onnx_forward(images)
+        else:
+            pipeline.classify(crops)
+        return {"forward": time.perf_counter() - start}
+
+    return lambda: median_timing(forward, best, repeats).per_second
 
 
 def compute_ratios(results: Results) -> dict[str, float]:
@@ -902,7 +936,9 @@ def main(argv: list[str] | None = None) -> int:
     if "served" in parts:
         assert archive is not None
         print(f"(c) served by TorchServe, Locust {users} users x {run_time} per input", flush=True)
-        results.served = bench_served(archive, args.report_dir / "run", media, users, run_time)
+        network_alone = configured_forward_timer(pipeline, onnx_forward, results, batch, repeats)
+        results.served = bench_served(archive, args.report_dir / "run", media, users, run_time,
+                                      network_alone=network_alone)
         if args.sweep:
             for number, config in enumerate(sweep_configs(args.quick)):
                 serving_overrides = {k: v for k, v in config.items() if k != "forward"}
