@@ -736,6 +736,13 @@ def markdown(results: Results, command: str) -> str:
 def limit_tables(results: Results) -> list[str]:
     """Part (f): the face search's share of a photo's cost under each search, and the int8 forward."""
     lines: list[str] = []
+    around = results.served.get("1080p", {}).get("network_alone_img_s")
+    if around:
+        served = results.served["1080p"]["steady_requests_per_s"]
+        lines += ["", f"Served 1080p photos {served:.2f}/s against the configured forward alone (ONNX Runtime or "
+                  f"PyTorch as configured, part (a)'s best batch) {statistics.mean(around):.1f} images/s, the mean "
+                  f"of {around[0]:.1f} right before and {around[1]:.1f} right after the served run: "
+                  f"{served / statistics.mean(around):.2f}."]
     detection = results.detection
     if detection:
         searches = detection["searches"]

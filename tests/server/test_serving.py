@@ -197,10 +197,11 @@ def test_both_forward_runtimes_serve_the_same_probabilities(server, start_server
     with zipfile.ZipFile(archive) as packed:
         assert ONNX_FILE not in packed.namelist()
     on_torch = start_server(store, [archive.name])
-    assert re.search(r"version 1\.0 on cpu \(\d+ threads, forward: onnxruntime cpu/fp32, freed memory kept: no, "
-                     r"warm-up [\d.]+ s\)",
+    assert re.search(r"version 1\.0 on cpu \(\d+ threads, forward: onnxruntime cpu/fp32, face search: openvino, "
+                     r"freed memory kept: no, warm-up [\d.]+ s\)",
                      (server.log_dir / "model_log.log").read_text())
-    assert re.search(r"version 3\.0 on cpu \(\d+ threads, forward: torch cpu/fp32, freed memory kept",
+    assert re.search(r"version 3\.0 on cpu \(\d+ threads, forward: torch cpu/fp32, face search: openvino, freed "
+                     r"memory kept",
                      (on_torch.log_dir / "model_log.log").read_text())
     local = DetectionPipeline.from_weights(weights_file, PipelineSettings())
     for path in (media.astronaut, media.face_video):
