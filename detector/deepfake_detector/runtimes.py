@@ -125,6 +125,9 @@ class OnnxRuntimeForward:
         self.path = Path(onnx_file)
         self.compute = f"cpu/{precision}"
         if not self.path.exists():
+            if precision == "int8":  # quantizing needs calibration crops: `make mar` does it, not a worker
+                raise ValueError(f"{self.path} does not exist: an int8 export is made by deepfake_ops.quantize "
+                                 "(`make mar` with precision: int8)")
             export_onnx(model, self.path)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = max(1, threads)

@@ -877,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-served", action="store_true", help="in-process parts only (no TorchServe)")
     parser.add_argument("--only", action="append", choices=SECTIONS,
                         help="run this part alone (repeatable): (a) network, (b) pipeline, (c) served, (d) coverage, "
-                        "(e) jobs; its figures go to latest-<parts>.json/.md, not latest.json")
+                        "(e) jobs, (f) limit; its figures go to latest-<parts>.json/.md, not latest.json")
     parser.add_argument("--served-time", default=None, help="Locust run time per served input (default 30s, quick 15s)")
     parser.add_argument("--users", type=int, default=None, help="Locust users (default 2 x batchSize x workers)")
     parser.add_argument("--report-dir", type=Path, default=REPORT_DIR)

@@ -12,8 +12,8 @@ and compares, field by field (both answers read as ``Verdict``s, so an invalid a
   the threshold), face counts, sampled frame indices, media description, model name and version.
 
 The answers are recorded on a CPU in the archive's own CPU precision (fp32; int8 for an archive built with
-``precision: int8``, whose workers answer as ``cpu/int8`` and are held to the same numbers). The tolerances
-are recorded beside them, one set per ``device/precision`` an answer may say it was computed in
+``precision: int8``, whose workers answer as ``cpu/int8``, held within 1e-2: int8 kernels differ between
+CPUs). The tolerances are recorded beside them, one set per ``device/precision`` an answer may say it was computed in
 (``model.compute``, see ``COMPUTE_TOLERANCES``), and each live answer is held to the set of its own compute:
 a GPU replica in fp16 is not held to fp32's 1e-4.
 
@@ -163,6 +163,9 @@ COMPUTE_TOLERANCES: dict[str, Tolerances] = {
     "cpu/bf16": Tolerances(probability=5e-2),
     "cuda/bf16": Tolerances(probability=5e-2, box_px=1.0),
     "cuda/fp16": Tolerances(probability=1e-2, box_px=1.0),
+    # Recorded in int8 by the archive's own handler: the same numbers on the same kind of CPU, but ONNX
+    # Runtime's u8s8 kernels differ between CPUs with and without VNNI.
+    "cpu/int8": Tolerances(probability=1e-2),
 }
 """The tolerances recorded into every archive's golden.json, by the ``model.compute`` of an answer."""
 

@@ -85,6 +85,8 @@ def quantize_network(model: DeepfakeDetector, fp32_onnx: Path, int8_onnx: Path, 
         quant_pre_process(str(fp32_onnx), str(prepared))
         partial = int8_onnx.with_suffix(".partial.onnx")
         head = [node.name for node in onnx.load(str(prepared)).graph.node if node.name.startswith(HEAD_NODES)]
+        if not head:
+            raise ValueError(f"no node of {fp32_onnx} is named {HEAD_NODES}...: the head would be quantized too")
         quantize_static(str(prepared), str(partial), Crops(), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                         nodes_to_exclude=head)

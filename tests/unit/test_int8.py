@@ -12,12 +12,12 @@ Real parts throughout: the ``trained`` EfficientNet-Lite0 weights, a real archiv
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import onnx
 import pytest
-from deepfake_detector import DetectionPipeline, PipelineSettings, WeightsMismatchError, build_detector
+import torch
+from deepfake_detector import DetectionPipeline, PipelineSettings, WeightsMismatchError
 from deepfake_detector.archive import (
     GOLDEN_FILE,
     INT8_ONNX_FILE,
@@ -175,11 +175,13 @@ def test_an_int8_archive_without_its_int8_export_does_not_load(unpacked, tmp_pat
     assert "precision: int8 needs the int8 export" in str(failure.value)
 
 
-def test_an_int8_export_of_other_weights_is_refused(model, int8_file, tmp_path):
+def test_an_int8_export_of_other_weights_is_refused(weights, model, int8_file, tmp_path):
     """An int8 export quantized from other weights of the same shape is refused at load (WeightsMismatchError:
     it names other weights' fingerprint), as is one that names none; the weights' own int8 export loads."""
     assert int8_forward(model, int8_file).compute == "cpu/int8"
-    other = build_detector(dataclasses.replace(model.config, trained=False), seed=0).eval()
+    other = load_weights(weights).eval()  # the same config; one tensor moved: the fingerprint covers the tensors
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
     foreign = quantize_network(other, export_onnx(other, tmp_path / ONNX_FILE), tmp_path / INT8_ONNX_FILE)
     with pytest.raises(WeightsMismatchError, match="quantized from other weights"):
         DetectionPipeline(model, INT8, onnx_file=foreign)
