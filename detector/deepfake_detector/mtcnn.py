@@ -276,25 +276,31 @@ class Mtcnn:
     def _refine(self, sampler: AreaSampler, boxes: torch.Tensor, frame_of_box: torch.Tensor, height: int,
                 width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage two: RNet on 24 px windows, its threshold, NMS, regression, squared."""
-        windows, boxes, frame_of_box = _windows(sampler, boxes, frame_of_box, height, width, 24)
-        regression, probabilities = _in_chunks(self.networks.rnet, windows)
-        passed = probabilities[:, 1] > self.thresholds[1]
-        boxes = torch.cat((boxes[passed, :4], probabilities[passed, 1:2]), dim=1)
-        frame_of_box, regression = frame_of_box[passed], regression[passed]
+        boxes, frame_of_box, regression = self._passed(sampler, boxes, frame_of_box, height, width, 24,
+                                                       self.networks.rnet, self.thresholds[1])
         keep = batched_nms(boxes[:, :4], boxes[:, 4], frame_of_box, 0.7)
         return rerec(bbreg(boxes[keep], regression[keep])), frame_of_box[keep]
 
     def _output(self, sampler: AreaSampler, boxes: torch.Tensor, frame_of_box: torch.Tensor, height: int,
                 width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage three: ONet on 48 px windows, its threshold, regression, NMS by the smaller box."""
-        windows, boxes, frame_of_box = _windows(sampler, boxes, frame_of_box, height, width, 48)
-        regression, probabilities = _in_chunks(self.networks.onet, windows)
-        passed = probabilities[:, 1] > self.thresholds[2]
-        boxes = torch.cat((boxes[passed, :4], probabilities[passed, 1:2]), dim=1)
-        frame_of_box, regression = frame_of_box[passed], regression[passed]
+        boxes, frame_of_box, regression = self._passed(sampler, boxes, frame_of_box, height, width, 48,
+                                                       self.networks.onet, self.thresholds[2])
         boxes = bbreg(boxes, regression)
         keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], frame_of_box, 0.7, "Min")
         return boxes[keep], frame_of_box[keep]
+
+    @staticmethod
+    def _passed(sampler: AreaSampler, boxes: torch.Tensor, frame_of_box: torch.Tensor, height: int, width: int,
+                size: int, network: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], threshold: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The candidates ``network`` scores above ``threshold`` on their size x size windows: boxes with that
+        probability as a fifth column, their frames, and the network's regression."""
+        windows, boxes, frame_of_box = _windows(sampler, boxes, frame_of_box, height, width, size)
+        regression, probabilities = _in_chunks(network, windows)
+        passed = probabilities[:, 1] > threshold
+        boxes = torch.cat((boxes[passed, :4], probabilities[passed, 1:2]), dim=1)
+        return boxes, frame_of_box[passed], regression[passed]
 
 
 WINDOWS_PER_CALL = 256

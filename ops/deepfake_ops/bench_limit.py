@@ -32,6 +32,7 @@ from .paths import REPORTS
 from .timing import interleaved_timings, paired_ratio
 
 IMAGE_SIZES = tuple(PHOTO_HEIGHTS)
+
 TRAIN_DEMO = REPORTS / "train-demo"
 """Where ``make train-demo`` leaves ``run/best.safetensors`` and ``faces/index.csv``."""
 

@@ -86,7 +86,7 @@ from .timing import Timing, interleaved_timings, median_timing, paired_ratio
 
 REPORT_DIR = REPORTS / "benchmark"
 MODEL_NAME = DEFAULT_MODEL_NAME
-IMAGE_SIZES = ("480p", "1080p", "4k")
+IMAGE_SIZES = bench_limit.IMAGE_SIZES
 REFERENCE_DETECT_SIDE = 640
 SECTIONS = ("network", "pipeline", "served", "coverage", "jobs", "limit")
 
