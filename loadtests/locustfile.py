@@ -26,7 +26,7 @@ variables:
 ``DFD_MODEL``          model name (default ``deepfake_detector``)
 ``DFD_MODEL_VERSION``  a version to target (``/predictions/NAME/VERSION``); default: the default version
 ``DFD_MEDIA_DIR``      folder of the generated media (default ``reports/media``, made if missing)
-``DFD_IMAGE_SIZES``    comma list among 480p, 1080p, 4k (default all)
+``DFD_IMAGE_SIZES``    comma list among 480p, 1080p, 4k, face (224 px face crops); default the three resolutions
 ``DFD_VIDEOS``         comma list among carphone, clip_720p (default both)
 ``DFD_WAIT_S``         think time between a user's requests (default 0: saturation)
 ``DFD_JOBS_URL``       JobUser: the job API (default ``http://127.0.0.1:8090``, ``make jobs``'s)
@@ -53,7 +53,7 @@ import gevent
 from deepfake_detector.archive import DEFAULT_MODEL_NAME
 from deepfake_detector.verdict import Verdict, VerdictError
 from deepfake_jobs.store import ENDED
-from deepfake_ops.load_media import DEFAULT_MEDIA_DIR, PHOTO_HEIGHTS, make_load_media
+from deepfake_ops.load_media import DEFAULT_MEDIA_DIR, PHOTO_HEIGHTS, PHOTO_SIZES, make_load_media
 from locust import FastHttpUser, between, constant, events, task
 from locust.env import Environment
 
@@ -78,7 +78,7 @@ HEADERS = {"Content-Type": "application/octet-stream"} | ({"Authorization": f"Be
 
 def _load_media() -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
     """(label, bytes) of the images and videos to send, read once per Locust process."""
-    unknown = sorted(set(IMAGE_SIZES) - set(PHOTO_HEIGHTS)) + sorted(set(VIDEOS) - {"carphone", "clip_720p"})
+    unknown = sorted(set(IMAGE_SIZES) - set(PHOTO_SIZES)) + sorted(set(VIDEOS) - {"carphone", "clip_720p"})
     if unknown:
         raise SystemExit(f"unknown DFD_IMAGE_SIZES/DFD_VIDEOS entries {unknown}")
     made = make_load_media(MEDIA_DIR)

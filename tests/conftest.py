@@ -23,7 +23,8 @@ from deepfake_detector.weights import save_weights
 from deepfake_ops.build_mar import build_archive
 from deepfake_ops.golden import PROBABILITY_TOLERANCE
 from deepfake_ops.load_media import LoadMedia, make_load_media, source_video, write_long_video
-from deepfake_ops.torchserve import TorchServeInstance, free_port
+from deepfake_ops.ports import free_port
+from deepfake_ops.torchserve import TorchServeInstance
 from deepfake_training import prepare as training_prepare
 from deepfake_training.trainer import TrainSettings, train
 

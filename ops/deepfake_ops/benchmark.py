@@ -17,15 +17,15 @@ Parts, all on the untrained seeded weights that `make mar` packs (speed does not
     fp32 NCHW forward at batch 1), plus the faces each finds and the cost of video strides 1 and 10; without
     --quick also with the other forward runtime. Sizes, reference and runtimes are timed in turns, one
     sample of each per round (median of the rounds), so that drift of the machine's speed shifts them alike;
-(c) the same inputs served by a private TorchServe (an archive built by build_mar.build_archive from
-    config/model-config.yaml) at saturation, driven by Locust;
+(c) the same inputs, and 224 px face crops of the photos, served by a private TorchServe (an archive built by
+    build_mar.build_archive from config/model-config.yaml) at saturation, driven by Locust;
 (d) whole-input coverage: a 32-frame verdict on a 10-minute 720p video against a 10 s one, the ways to seek,
     the face search before and after;
 (f) near the limit (``bench_limit``): the face search's share of a photo's cost under facenet-pytorch's
     MTCNN.detect, the product's arrangement with PyTorch's networks and with OpenVINO's, with the parity of
     their boxes; the int8 forward against fp32 (network alone, 1080p in-process, the shift on real face crops,
-    the train-demo's held-out AUC and log loss); with (a) and (c), served 1080p photos over the network alone
-    (the configured forward at its best batch);
+    the train-demo's held-out AUC and log loss); with (a) and (c), served 1080p photos and served face crops
+    over the network alone (the configured forward at its best batch, timed right before and after each);
 (e) the job path: the 10-minute 720p video (60 s with --quick) submitted as a job (a private TorchServe as in
     (c) behind a private job service: Redis, the Celery workers, the job API), submit to done, against the same
     sampling (every_seconds:5) scored in-process on the same frames, in turns; both must score the same frame
@@ -78,7 +78,7 @@ from PIL import Image
 
 from . import bench_limit, face_recall, load_media, seeking
 from .build_mar import DEFAULT_SERVING_CONFIG, build_archive
-from .load_media import DEFAULT_MEDIA_DIR, LoadMedia, make_load_media, resize_photo
+from .load_media import DEFAULT_MEDIA_DIR, FACE_CROP, LoadMedia, make_load_media, resize_photo
 from .loadtest import JobService, run_locust, start_private_jobs, start_private_server, warm_up
 from .packaged import CHELSEA
 from .paths import REPORTS
@@ -87,6 +87,9 @@ from .timing import Timing, interleaved_timings, median_timing, paired_ratio
 REPORT_DIR = REPORTS / "benchmark"
 MODEL_NAME = DEFAULT_MODEL_NAME
 IMAGE_SIZES = bench_limit.IMAGE_SIZES
+AGAINST_NETWORK_ALONE = ("1080p", FACE_CROP)
+"""The served runs timed against the configured forward alone, right before and after each: 1080p photos (the
+issue's target) and 224 px face crops (what serving adds when there is almost nothing to find or cut)."""
 REFERENCE_DETECT_SIDE = 640
 SECTIONS = ("network", "pipeline", "served", "coverage", "jobs", "limit")
 
@@ -483,24 +486,25 @@ def bench_freed_memory(media: LoadMedia, megabytes: int, repeats: int) -> dict[s
 
 def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run_time: str,
                  label: str = "served", network_alone: Callable[[], float] | None = None) -> dict[str, dict[str, Any]]:
-    """Each input at saturation. ``network_alone`` (images/s of the configured forward, timed in-process now)
-    is taken right before and right after the 1080p run, while the workers idle: the machine's speed drifts
-    over the minutes of a benchmark, and served 1080p over the network alone compares the two."""
+    """Each input at saturation: the photo sizes, the face crops, the video. ``network_alone`` (images/s of the
+    configured forward, timed in-process now) is taken right before and right after each run of
+    ``AGAINST_NETWORK_ALONE``, while the workers idle: the machine's speed drifts over the minutes of a
+    benchmark, and served over the network alone compares the two."""
     instance = start_private_server(run_dir, archive)
     results: dict[str, dict[str, Any]] = {}
     try:
-        for size in IMAGE_SIZES:
+        for size in (*IMAGE_SIZES, FACE_CROP):
             warm_up(instance, MODEL_NAME, None, media.photos_of_size(size)[0].read_bytes(), count=1)
         warm_up(instance, MODEL_NAME, None, media.videos["carphone"].read_bytes(), count=1)
         token = instance.keys()["inference"]
-        cases = [(size, "ImageUser", {"DFD_IMAGE_SIZES": size}) for size in IMAGE_SIZES]
+        cases = [(size, "ImageUser", {"DFD_IMAGE_SIZES": size}) for size in (*IMAGE_SIZES, FACE_CROP)]
         cases.append(("video", "VideoUser", {"DFD_VIDEOS": "carphone"}))
         for name, user_class, env in cases:
             # A video request holds a dozen frames: half the users still keep a full batch queued for every
             # worker (fewer let one worker take them all while the other idles), and twice the run time
             # holds several of those long batches.
             video = name == "video"
-            alone = [network_alone()] if network_alone is not None and name == "1080p" else []
+            alone = [network_alone()] if network_alone is not None and name in AGAINST_NETWORK_ALONE else []
             summary = run_locust(instance.inference_url, token, run_dir / "locust" / name, user_class,
                                  max(2, users // 2) if video else users,
                                  f"{2 * _seconds(run_time)}s" if video else run_time, extra_env=env)
@@ -509,7 +513,9 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
             if alone:
                 alone.append(network_alone())
                 results[name]["network_alone_img_s"] = alone
-                print(f"  network alone before and after it: {alone[0]:.1f} and {alone[1]:.1f} img/s", flush=True)
+                ratio = summary.as_dict()["steady_requests_per_s"] / statistics.mean(alone)
+                print(f"  network alone before and after it: {alone[0]:.1f} and {alone[1]:.1f} img/s (served over "
+                      f"network alone {ratio:.2f})", flush=True)
     finally:
         instance.stop()
     return results
@@ -669,7 +675,7 @@ def markdown(results: Results, command: str) -> str:
                         ("inprocess_over_reference_1080p", ">= 1.5"), ("cost_1080p_over_480p", "<= 1.3"),
                         ("cost_4k_over_480p", "<= 1.3"), ("video_stride10_over_stride1", "<= 0.25"),
                         ("verdict_10min_over_10s", "<= 1.5"), ("job_over_inprocess_fps", ">= 0.8"),
-                        ("served_1080p_over_network_alone", ">= 0.7"),
+                        ("served_1080p_over_network_alone", ">= 0.7"), ("served_face_over_network_alone", "-"),
                         *((f"photo_cost_{size}_openvino_over_facenet", "-") for size in IMAGE_SIZES),
                         ("int8_over_fp32_network", "-"), ("int8_over_fp32_1080p_inprocess", "-"),
                         *((f"face_photo_{size}_after_over_before", "<= 1.15") for size in IMAGE_SIZES),
@@ -736,13 +742,15 @@ def markdown(results: Results, command: str) -> str:
 def limit_tables(results: Results) -> list[str]:
     """Part (f): the face search's share of a photo's cost under each search, and the int8 forward."""
     lines: list[str] = []
-    around = results.served.get("1080p", {}).get("network_alone_img_s")
-    if around:
-        served = results.served["1080p"]["steady_requests_per_s"]
-        lines += ["", f"Served 1080p photos {served:.2f}/s against the configured forward alone (ONNX Runtime or "
-                  f"PyTorch as configured, part (a)'s best batch) {statistics.mean(around):.1f} images/s, the mean "
-                  f"of {around[0]:.1f} right before and {around[1]:.1f} right after the served run: "
-                  f"{served / statistics.mean(around):.2f}."]
+    for name, what in (("1080p", "1080p photos"), (FACE_CROP, "224 px face crops")):
+        around = results.served.get(name, {}).get("network_alone_img_s")
+        if around:
+            served = results.served[name]
+            rate = served["steady_requests_per_s"]
+            lines += ["", f"Served {what} {rate:.2f}/s (p50 / p95 {served['p50_ms']:.0f} / {served['p95_ms']:.0f} "
+                      f"ms) against the configured forward alone (ONNX Runtime or PyTorch as configured, part (a)'s "
+                      f"best batch) {statistics.mean(around):.1f} images/s, the mean of {around[0]:.1f} right before "
+                      f"and {around[1]:.1f} right after the served run: {rate / statistics.mean(around):.2f}."]
     detection = results.detection
     if detection:
         searches = detection["searches"]
@@ -782,10 +790,10 @@ def limit_tables(results: Results) -> list[str]:
     return lines
 
 
-def configured_network_alone(results: Results) -> float | None:
-    """Images/s of the configured forward alone at its best batch size: around the served 1080p run when it
-    was timed there (the mean of before and after), else in part (a); None without either."""
-    around = results.served.get("1080p", {}).get("network_alone_img_s")
+def configured_network_alone(results: Results, name: str = "1080p") -> float | None:
+    """Images/s of the configured forward alone at its best batch size: around the served run of ``name`` when
+    it was timed there (the mean of before and after), else in part (a); None without either."""
+    around = results.served.get(name, {}).get("network_alone_img_s")
     if around:
         return statistics.mean(around)
     key = "onnxruntime_img_s" if results.settings["forward"] == "onnxruntime" else "pipeline_img_s"
@@ -831,9 +839,10 @@ def compute_ratios(results: Results) -> dict[str, float]:
         ratios[f"cost_{size}_over_480p_lowest"], ratios[f"cost_{size}_over_480p_highest"] = low, high
     if results.video_stride:
         ratios["video_stride10_over_stride1"] = results.video_stride["ratio"]
-    network_alone = configured_network_alone(results)
-    if network_alone and "1080p" in results.served:
-        ratios["served_1080p_over_network_alone"] = results.served["1080p"]["steady_requests_per_s"] / network_alone
+    for name in AGAINST_NETWORK_ALONE:
+        network_alone = configured_network_alone(results, name)
+        if network_alone and name in results.served:
+            ratios[f"served_{name}_over_network_alone"] = results.served[name]["steady_requests_per_s"] / network_alone
     for size in IMAGE_SIZES if results.detection else ():
         for search in results.detection["searches"]:
             ratios[f"detect_share_{size}_{search}"] = results.detection[size][search]["share"]

@@ -42,6 +42,8 @@ JS_MODULE_CANDIDATES = (Path("/usr/lib/nginx/modules/ngx_http_js_module.so"),
                         Path("/usr/share/nginx/modules/ngx_http_js_module.so"))
 PLACEHOLDER = re.compile(r"@[A-Z][A-Z_]*@")
 INSTALL_HINT = "apt-get install -y nginx-light libnginx-mod-http-js (or `make nginx`)"
+GATEWAY_PORT = 8000
+"""Where the gateway listens unless told otherwise: a local fleet, and the cluster's gateway pods."""
 
 
 class GatewayError(RuntimeError):
@@ -77,7 +79,7 @@ class ReplicaState:
 @dataclass(frozen=True)
 class GatewaySettings:
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = GATEWAY_PORT
     tls_certificate: Path | None = None
     tls_key: Path | None = None
     worker_processes: int = 2

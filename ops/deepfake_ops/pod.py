@@ -43,7 +43,7 @@ from .fleet import (
     serves,
     wait_until_idle,
 )
-from .gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute
+from .gateway import GATEWAY_PORT, Gateway, GatewayError, GatewaySettings, ReplicaRoute
 from .gateway_keys import GatewayKeys, KeyFileError
 from .replicas import LayoutError, discover
 from .rollout import RolloutError
@@ -54,7 +54,6 @@ logger = logging.getLogger("deepfake_ops.pod")
 APP_HOME = Path(os.environ.get("APP_HOME", "/srv/deepfake"))
 SIDECAR_INFERENCE_PORT = 8443
 SIDECAR_MANAGEMENT_PORT = 8444
-GATEWAY_PORT = 8000
 RENEW_BEFORE_S = 300.0
 """The sidecar renews TorchServe's keys this long before they expire; the TorchServe container's own health
 check renews (undrained) only later, as a fallback (``--renew-before 2`` in the manifest)."""

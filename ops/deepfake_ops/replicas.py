@@ -17,16 +17,17 @@ from pathlib import Path
 
 from deepfake_detector.archive import DEFAULT_MODEL_NAME
 
+from .gateway import GATEWAY_PORT
 from .gateway_keys import KEY_FILE_NAME
 from .paths import HISTORY_FILE, MODEL_STORE, RUN_DIR
-from .torchserve import Endpoint, TorchServeClient, TorchServeInstance, free_port
+from .ports import free_port
+from .torchserve import Endpoint, TorchServeClient, TorchServeInstance
 
 FLEET_DIR = RUN_DIR / "fleet"
 LAYOUT_FILE = "fleet.json"
 REPORT_FILE = "keeper.json"
 BASE_PORT = 8100
 """Replica K listens on 8100 + 10 K (inference), + 1 (management), + 2 (metrics); its sidecar on + 3, + 4."""
-GATEWAY_PORT = 8000
 
 
 @dataclass

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,15 +29,10 @@ import requests
 from deepfake_detector.archive import DEFAULT_MODEL_NAME
 
 from .paths import CONFIG_DIR, MODEL_STORE, RUN_DIR
+from .ports import free_port
 
 CONFIG_TEMPLATE = CONFIG_DIR / "config.properties"
 TOKEN_ENV = {"management": "TS_MANAGEMENT_TOKEN", "inference": "TS_INFERENCE_TOKEN"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ServerError(RuntimeError):

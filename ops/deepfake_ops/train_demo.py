@@ -38,7 +38,8 @@ from deepfake_training.trainer import TrainSettings, train
 from .build_mar import build_archive
 from .packaged import ASTRONAUT, GRACE_HOPPER, package_file
 from .paths import MODEL_STORE, REPORTS
-from .torchserve import TorchServeInstance, free_port
+from .ports import free_port
+from .torchserve import TorchServeInstance
 
 HELD_OUT = (("astronaut", "test"), ("grace_hopper", "val"), ("carphone", "train"), ("obama", "train"))
 

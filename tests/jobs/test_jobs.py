@@ -31,7 +31,7 @@ from deepfake_jobs import webhooks
 from deepfake_jobs.scoring import TorchServe
 from deepfake_jobs.store import PREFIX, JobStore
 from deepfake_ops.load_media import source_video, write_long_video
-from deepfake_ops.torchserve import free_port
+from deepfake_ops.ports import free_port
 
 from tests.support import MODEL_NAME, OCTET, Media
 from tests.support.jobs import JobStack

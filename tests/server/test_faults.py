@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 from deepfake_detector.archive import archive_path
-from deepfake_ops.torchserve import TorchServeInstance, free_port, parse_properties
+from deepfake_ops.ports import free_port
+from deepfake_ops.torchserve import TorchServeInstance, parse_properties
 
 from tests.support import MODEL_NAME, Media, StartServer
 

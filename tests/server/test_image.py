@@ -30,7 +30,7 @@ import pytest
 import requests
 from deepfake_detector.archive import archive_path
 from deepfake_detector.verdict import Verdict
-from deepfake_ops.torchserve import free_port
+from deepfake_ops.ports import free_port
 
 from tests.support import MODEL_NAME, OCTET, Media
 from tests.support.image import Dockerfile, remap, remove_user, stage

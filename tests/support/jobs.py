@@ -15,7 +15,8 @@ import requests
 from deepfake_jobs.keys import ApiKey, KeyRing, ensure_key_file
 from deepfake_jobs.service import LocalJobService
 from deepfake_jobs.settings import JobSettings
-from deepfake_ops.torchserve import TorchServeInstance, free_port
+from deepfake_ops.ports import free_port
+from deepfake_ops.torchserve import TorchServeInstance
 
 
 @dataclass

@@ -15,9 +15,9 @@ import requests
 from deepfake_ops.fleet import open_connections
 from deepfake_ops.gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute, ReplicaState
 from deepfake_ops.gateway_keys import GatewayKeys, KeyFileError, key_sha256
+from deepfake_ops.ports import free_port
 from deepfake_ops.replicas import FleetLayout, LayoutError, discover
 from deepfake_ops.rollout import drift
-from deepfake_ops.torchserve import free_port
 
 
 def test_the_key_file_keeps_hashes_names_and_rates(tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ from deepfake_ops.kubernetes import (
     read_configmap_key,
     write_configmap_key,
 )
+from deepfake_ops.ports import free_port
 from deepfake_ops.rollout import ConfigMapState, RolloutError, RolloutHistory
-from deepfake_ops.torchserve import free_port
 
 TOKEN = "service-account-token"
 PATH = "/api/v1/namespaces/fleet/configmaps/"

@@ -10,7 +10,7 @@ import numpy as np
 from deepfake_detector import PipelineSettings
 from deepfake_detector.media import decode_media
 from deepfake_detector.verdict import verdict_problems
-from deepfake_ops.load_media import PHOTO_HEIGHTS
+from deepfake_ops.load_media import FACE_CROP, PHOTO_HEIGHTS
 
 
 def test_load_media_are_resized_real_photos_and_a_720p_clip_of_real_frames(load_media, media):
@@ -18,7 +18,10 @@ def test_load_media_are_resized_real_photos_and_a_720p_clip_of_real_frames(load_
         for size, path in sizes.items():
             image = cv2.imread(str(path))
             assert image is not None, path
-            assert image.shape[0] == PHOTO_HEIGHTS[size], (path, image.shape)
+            if size == FACE_CROP:
+                assert image.shape[:2] == (224, 224), (path, image.shape)
+            else:
+                assert image.shape[0] == PHOTO_HEIGHTS[size], (path, image.shape)
         # The 480p copy still looks like its source: same aspect, close pixels after resizing back.
         source = cv2.imread(str(media.astronaut if name == "astronaut" else media.grace_hopper))
         small = cv2.imread(str(sizes["480p"]))
@@ -42,6 +45,14 @@ def test_the_720p_clip_and_the_big_photos_still_show_the_face(load_media, defaul
     for path in load_media.photos_of_size("4k"):
         answer = default_pipeline.score(path.read_bytes())
         assert verdict_problems(answer.to_json(), "image") == [] and len(answer.faces) == 1, path
+
+
+def test_a_face_crop_is_what_the_network_classifies(load_media, default_pipeline):
+    for path in load_media.photos_of_size(FACE_CROP):
+        answer = default_pipeline.score(path.read_bytes())
+        assert len(answer.faces) == 1, path
+        x1, y1, x2, y2 = answer.faces[0].box
+        assert min(x2 - x1, y2 - y1) > 0.6 * 224, (path, answer.faces[0].box)  # the face fills the crop
 
 
 def test_the_schema_accepts_real_answers_and_names_what_is_wrong(default_pipeline, media):

@@ -25,8 +25,9 @@ from deepfake_ops.gateway import GatewayError, GatewaySettings, js_module, nginx
 from deepfake_ops.gateway_keys import GatewayKeys
 from deepfake_ops.paths import REPO
 from deepfake_ops.pod import GatewayRole, PodError, Sidecar, build_parser, ready, routes_from_urls
+from deepfake_ops.ports import free_port
 from deepfake_ops.rollout import RolloutHistory
-from deepfake_ops.torchserve import ServerRefusal, free_port
+from deepfake_ops.torchserve import ServerRefusal
 
 
 def _nginx_missing() -> str | None:
