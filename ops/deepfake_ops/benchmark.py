@@ -83,6 +83,7 @@ from .loadtest import JobService, run_locust, start_private_jobs, start_private_
 from .packaged import CHELSEA
 from .paths import REPORTS
 from .timing import Timing, interleaved_timings, median_timing, paired_ratio
+from .torchserve import cpu_seconds, server_processes
 
 REPORT_DIR = REPORTS / "benchmark"
 MODEL_NAME = DEFAULT_MODEL_NAME
@@ -489,7 +490,8 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
     """Each input at saturation: the photo sizes, the face crops, the video. ``network_alone`` (images/s of the
     configured forward, timed in-process now) is taken right before and right after each run of
     ``AGAINST_NETWORK_ALONE``, while the workers idle: the machine's speed drifts over the minutes of a
-    benchmark, and served over the network alone compares the two."""
+    benchmark, and served over the network alone compares the two. Each run also says where the machine's
+    cores went (:func:`machine_time`)."""
     instance = start_private_server(run_dir, archive)
     results: dict[str, dict[str, Any]] = {}
     try:
@@ -497,6 +499,7 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
             warm_up(instance, MODEL_NAME, None, media.photos_of_size(size)[0].read_bytes(), count=1)
         warm_up(instance, MODEL_NAME, None, media.videos["carphone"].read_bytes(), count=1)
         token = instance.keys()["inference"]
+        roles = server_processes(instance.pid() or 0)  # after the warm-up every worker is up
         cases = [(size, "ImageUser", {"DFD_IMAGE_SIZES": size}) for size in (*IMAGE_SIZES, FACE_CROP)]
         cases.append(("video", "VideoUser", {"DFD_VIDEOS": "carphone"}))
         for name, user_class, env in cases:
@@ -505,11 +508,18 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
             # holds several of those long batches.
             video = name == "video"
             alone = [network_alone()] if network_alone is not None and name in AGAINST_NETWORK_ALONE else []
+            before = {role: cpu_seconds(members) for role, members in roles.items()}
+            started = time.perf_counter()
             summary = run_locust(instance.inference_url, token, run_dir / "locust" / name, user_class,
                                  max(2, users // 2) if video else users,
                                  f"{2 * _seconds(run_time)}s" if video else run_time, extra_env=env)
-            results[name] = summary.as_dict()
+            used = {f"{role}_s": cpu_seconds(members) - before[role] for role, members in roles.items()}
+            cpu = {"wall_s": time.perf_counter() - started, "cpus": available_cpus(),
+                   "load_generator_s": summary.load_generator_cpu_s, **used}
+            results[name] = summary.as_dict() | {"cpu": cpu}
             print(f"  {label} {name:>6}: {summary.line()}", flush=True)
+            print(f"  {'':>{len(label) + 7}} cores over the run: " + ", ".join(
+                f"{role} {100 * share:.0f}%" for role, share in machine_time(cpu).items()), flush=True)
             if alone:
                 alone.append(network_alone())
                 results[name]["network_alone_img_s"] = alone
@@ -519,6 +529,15 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
     finally:
         instance.stop()
     return results
+
+
+def machine_time(cpu: dict[str, float]) -> dict[str, float]:
+    """Shares of the machine's core-seconds over a served run: the workers, TorchServe's frontend, Locust, and
+    the rest (idle, and everything else on the machine)."""
+    total = cpu["wall_s"] * cpu["cpus"]
+    shares = {role: cpu[f"{key}_s"] / total for role, key in
+              (("workers", "workers"), ("frontend", "frontend"), ("Locust", "load_generator"))}
+    return shares | {"rest": 1.0 - sum(shares.values())}
 
 
 def _seconds(run_time: str) -> int:
@@ -742,15 +761,20 @@ def markdown(results: Results, command: str) -> str:
 def limit_tables(results: Results) -> list[str]:
     """Part (f): the face search's share of a photo's cost under each search, and the int8 forward."""
     lines: list[str] = []
-    for name, what in (("1080p", "1080p photos"), (FACE_CROP, "224 px face crops")):
-        around = results.served.get(name, {}).get("network_alone_img_s")
-        if around:
-            served = results.served[name]
-            rate = served["steady_requests_per_s"]
-            lines += ["", f"Served {what} {rate:.2f}/s (p50 / p95 {served['p50_ms']:.0f} / {served['p95_ms']:.0f} "
-                      f"ms) against the configured forward alone (ONNX Runtime or PyTorch as configured, part (a)'s "
-                      f"best batch) {statistics.mean(around):.1f} images/s, the mean of {around[0]:.1f} right before "
-                      f"and {around[1]:.1f} right after the served run: {rate / statistics.mean(around):.2f}."]
+    measured = [(name, what) for name, what in (("1080p", "1080p photos"), (FACE_CROP, "224 px face crops"))
+                if results.served.get(name, {}).get("network_alone_img_s")]
+    if measured:
+        lines += ["", "| served | requests/s | network alone img/s (before, after) | served / network alone "
+                  "| cores: workers / frontend / Locust / rest | workers core-ms per request "
+                  "| network alone core-ms per image |", "|---|---|---|---|---|---|---|"]
+    for name, what in measured:
+        served = results.served[name]
+        around, rate, cpu = served["network_alone_img_s"], served["steady_requests_per_s"], served.get("cpu")
+        alone = statistics.mean(around)
+        shares = " / ".join(f"{100 * share:.0f}%" for share in machine_time(cpu).values()) if cpu else "-"
+        per_request = f"{1e3 * cpu['workers_s'] / served['requests']:.0f}" if cpu else "-"
+        lines.append(f"| {what} | {rate:.2f} | {alone:.1f} ({around[0]:.1f}, {around[1]:.1f}) | {rate / alone:.2f} "
+                     f"| {shares} | {per_request} | {1e3 * results.machine['torch_threads'] / alone:.0f} |")
     detection = results.detection
     if detection:
         searches = detection["searches"]

@@ -32,13 +32,14 @@ import contextlib
 import csv
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,8 @@ class LocustSummary:
     p95_ms: float
     p99_ms: float
     csv_prefix: str
+    load_generator_cpu_s: float = float("nan")
+    """CPU seconds (user + system) Locust itself used over the run: on one machine, taken from the server."""
 
     def line(self) -> str:
         return (f"requests/s {self.steady_requests_per_s:.2f} (whole run {self.requests_per_s:.2f}), "
@@ -102,11 +105,14 @@ def run_locust(
     env = dict(os.environ) | {"DFD_TOKEN": token} | (extra_env or {})
     # Made here, before Locust starts, so that writing them does not eat into the measured run.
     make_load_media(Path(env.get("DFD_MEDIA_DIR", str(DEFAULT_MEDIA_DIR))))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     finished = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     stats = Path(f"{csv_prefix}_stats.csv")
     if not stats.exists():
         raise RuntimeError(f"locust wrote no {stats} (exit {finished.returncode}):\n{finished.stderr[-3000:]}")
-    return summarize(csv_prefix, warmup_s)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return replace(summarize(csv_prefix, warmup_s), load_generator_cpu_s=cpu_s)
 
 
 def summarize(csv_prefix: Path, warmup_s: float = 5.0) -> LocustSummary:

@@ -17,6 +17,7 @@ that fails is counted and makes the run fail: a soak measures memory on traffic 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import sys
@@ -33,9 +34,9 @@ from .build_mar import build_archive
 from .load_media import make_load_media
 from .loadtest import start_private_server
 from .paths import MODEL_STORE, REPORTS
+from .torchserve import server_processes
 
 DEFAULT_REPORT_DIR = REPORTS / "soak"
-WORKER_MARK = "model_service_worker"
 
 
 @dataclass
@@ -69,17 +70,14 @@ class SoakReport:
 
 def workers_rss_mb(server_pid: int) -> tuple[dict[str, float], float]:
     """(RSS in MB of each worker by pid, RSS of the Java frontend) of the server's process tree."""
+    roles = server_processes(server_pid)
     workers, frontend = {}, 0.0
-    for member in psutil.Process(server_pid).children(recursive=True):
-        try:
-            command = " ".join(member.cmdline())
-            rss = member.memory_info().rss / 2**20
-        except psutil.NoSuchProcess:
-            continue
-        if WORKER_MARK in command:
-            workers[str(member.pid)] = rss
-        elif member.name() == "java":
-            frontend = rss
+    for member in roles["workers"]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            workers[str(member.pid)] = member.memory_info().rss / 2**20
+    for member in roles["frontend"]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            frontend = member.memory_info().rss / 2**20
     return workers, frontend
 
 

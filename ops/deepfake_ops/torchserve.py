@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 from deepfake_detector.archive import DEFAULT_MODEL_NAME
 
@@ -33,6 +34,8 @@ from .ports import free_port
 
 CONFIG_TEMPLATE = CONFIG_DIR / "config.properties"
 TOKEN_ENV = {"management": "TS_MANAGEMENT_TOKEN", "inference": "TS_INFERENCE_TOKEN"}
+WORKER_MARK = "model_service_worker"
+"""In the command line of every TorchServe Python worker."""
 
 
 class ServerError(RuntimeError):
@@ -311,6 +314,28 @@ def _expiry(text: str) -> float:
     whole, _, fraction = str(text).rstrip("Z").partition(".")
     moment = dt.datetime.fromisoformat(whole).replace(tzinfo=dt.timezone.utc)
     return moment.timestamp() + float(f"0.{fraction or 0}")
+
+
+def server_processes(leader: int) -> dict[str, list[psutil.Process]]:
+    """A running server's processes by role: ``frontend`` (the JVM) and ``workers`` (one per model worker)."""
+    roles: dict[str, list[psutil.Process]] = {"frontend": [], "workers": []}
+    for member in psutil.Process(leader).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if WORKER_MARK in " ".join(member.cmdline()):
+                roles["workers"].append(member)
+            elif member.name() == "java":
+                roles["frontend"].append(member)
+    return roles
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User plus system CPU seconds the processes have used so far (those that have exited count no more)."""
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
 
 
 def live_group_leader(pid_file: Path) -> int | None:
