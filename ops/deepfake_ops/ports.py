@@ -5,7 +5,8 @@ where any outgoing connection (nginx to a replica, a client to Redis) may take i
 it, and two calls may return the same port. :func:`free_port` hands out ports from below that range instead,
 and records each in a machine-wide reservation file (under a lock) with the id of the process that took it,
 so that no two processes are given the same port while the first lives. A reservation ends with its
-process; a port still bound by someone else is skipped.
+process; a port still bound by someone else is skipped. Where that file cannot be written (a container's
+read-only temp folder) the reservations hold within the process only.
 """
 
 from __future__ import annotations
@@ -50,15 +51,26 @@ def candidate_ports(ephemeral: tuple[int, int] | None = None) -> range:
                      f"({EPHEMERAL_RANGE_FILE})")
 
 
+_IN_THIS_PROCESS: dict[str, int] = {}
+"""Reservations where the machine-wide file cannot be written (a read-only temp folder)."""
+
+
 def free_port(reservations: Path = RESERVATIONS) -> int:
     """A port that nothing is bound to and that no living process on this machine has been given."""
+    try:
+        with _locked(reservations) as held:
+            return _reserve(held)
+    except OSError:
+        return _reserve(_IN_THIS_PROCESS)
+
+
+def _reserve(held: dict[str, int]) -> int:
+    """The first candidate from a random start that is neither in ``held`` nor bound, added to ``held``."""
     candidates = candidate_ports()
     start = random.randrange(len(candidates))
-    with _locked(reservations) as held:
-        for step in range(len(candidates)):
-            port = candidates[(start + step) % len(candidates)]
-            if str(port) in held or not _bindable(port):
-                continue
+    for step in range(len(candidates)):
+        port = candidates[(start + step) % len(candidates)]
+        if str(port) not in held and _bindable(port):
             held[str(port)] = os.getpid()
             return port
     raise NoFreePort(f"all {len(candidates)} ports {candidates[0]}-{candidates[-1]} are reserved or bound")

@@ -70,3 +70,11 @@ def test_the_candidates_lie_below_the_ephemeral_range_or_above_it(tmp_path: Path
     assert candidate_ports((1024, 60000)) == range(60001, 65536)
     with pytest.raises(NoFreePort, match="narrow it"):
         candidate_ports((1024, 65000))
+
+
+def test_without_a_writable_reservation_file_ports_are_still_never_given_twice(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "a-file"  # as unwritable as a read-only temp folder, even for root
+    not_a_folder.write_text("")
+    given = [free_port(not_a_folder / "reservations.json") for _ in range(100)]
+    low, high = ephemeral_range()
+    assert len(set(given)) == 100 and all(not low <= port <= high for port in given)
