@@ -108,6 +108,7 @@ class Results:
     face_search: dict[str, Any] = field(default_factory=dict)
     freed_memory: dict[str, dict[str, float]] = field(default_factory=dict)
     served: dict[str, dict[str, Any]] = field(default_factory=dict)
+    worker_stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep: list[dict[str, Any]] = field(default_factory=list)
     jobs: dict[str, Any] = field(default_factory=dict)
     detection: dict[str, Any] = field(default_factory=dict)
@@ -531,6 +532,31 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
     return results
 
 
+def bench_worker_stages(weights: Path, settings: PipelineSettings, onnx_file: Path | None, media: LoadMedia,
+                        batch: int, repeats: int) -> dict[str, dict[str, Any]]:
+    """Stage ms per image of ``AGAINST_NETWORK_ALONE``'s inputs in one thread, as each served worker runs them
+    (its own pipeline, built under one thread: decoding, OpenVINO and ONNX Runtime included), in batches of
+    ``batch``, in the same rounds."""
+    threads = torch.get_num_threads()
+    use_cpu_threads(1)
+    try:
+        worker = DetectionPipeline.from_weights(weights, settings, version="bench", onnx_file=onnx_file)
+        worker.face_detector.warm_up()
+        runs: dict[str, tuple[Callable[[], dict[str, float]], int]] = {}
+        for size in AGAINST_NETWORK_ALONE:
+            bodies = [path.read_bytes() for path in media.photos_of_size(size)]
+            batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
+            runs[size] = (lambda b=batch_bodies: worker.score_batch(b).stage_seconds, batch)
+        timings = interleaved_timings(runs, repeats)
+    finally:
+        use_cpu_threads(threads)
+    for size, timing in timings.items():
+        print(f"  one worker's thread, {size:>5}: {timing.ms_per_item:.1f} ms per image {_stages(timing)}",
+              flush=True)
+    return {size: {"ms_per_image": timing.ms_per_item, "stages_ms": timing.stages_ms}
+            for size, timing in timings.items()}
+
+
 def machine_time(cpu: dict[str, float]) -> dict[str, float]:
     """Shares of the machine's core-seconds over a served run: the workers, TorchServe's frontend, Locust, and
     the rest (idle, and everything else on the machine)."""
@@ -766,15 +792,19 @@ def limit_tables(results: Results) -> list[str]:
     if measured:
         lines += ["", "| served | requests/s | network alone img/s (before, after) | served / network alone "
                   "| cores: workers / frontend / Locust / rest | workers core-ms per request "
-                  "| network alone core-ms per image |", "|---|---|---|---|---|---|---|"]
+                  "| network alone core-ms per image | one worker's thread: decode / detect / crop / forward ms |",
+                  "|---|---|---|---|---|---|---|---|"]
     for name, what in measured:
         served = results.served[name]
         around, rate, cpu = served["network_alone_img_s"], served["steady_requests_per_s"], served.get("cpu")
         alone = statistics.mean(around)
         shares = " / ".join(f"{100 * share:.0f}%" for share in machine_time(cpu).values()) if cpu else "-"
         per_request = f"{1e3 * cpu['workers_s'] / served['requests']:.0f}" if cpu else "-"
+        stages = results.worker_stages.get(name, {}).get("stages_ms")
+        one_thread = " / ".join(f"{stages[s]:.1f}" for s in ("decode", "detect", "crop", "forward")) if stages else "-"
         lines.append(f"| {what} | {rate:.2f} | {alone:.1f} ({around[0]:.1f}, {around[1]:.1f}) | {rate / alone:.2f} "
-                     f"| {shares} | {per_request} | {1e3 * results.machine['torch_threads'] / alone:.0f} |")
+                     f"| {shares} | {per_request} | {1e3 * results.machine['torch_threads'] / alone:.0f} "
+                     f"| {one_thread} |")
     detection = results.detection
     if detection:
         searches = detection["searches"]
@@ -979,6 +1009,8 @@ def main(argv: list[str] | None = None) -> int:
         network_alone = configured_forward_timer(pipeline, onnx_forward, results, batch, repeats)
         results.served = bench_served(archive, args.report_dir / "run", media, users, run_time,
                                       network_alone=network_alone)
+        results.worker_stages = bench_worker_stages(weights, settings, onnx_forward.path if onnx_forward else None,
+                                                    media, batch, repeats)
         if args.sweep:
             for number, config in enumerate(sweep_configs(args.quick)):
                 serving_overrides = {k: v for k, v in config.items() if k != "forward"}

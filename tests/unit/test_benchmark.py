@@ -33,6 +33,8 @@ def test_benchmark_reference_and_pipeline_agree_and_the_table_renders(default_pi
     results.served = {"480p": {"steady_requests_per_s": 9.6, "p50_ms": 500, "p95_ms": 800},
                       "1080p": {"steady_requests_per_s": 10.0, "requests": 300, "p50_ms": 600, "p95_ms": 900,
                                 "network_alone_img_s": [19.0, 21.0], "cpu": cpu}}
+    results.worker_stages = {"1080p": {"ms_per_image": 99.0, "stages_ms": {"decode": 5.8, "detect": 35.6,
+                                                                           "crop": 1.4, "forward": 56.2}}}
     results.long_video = {"10 s": {"ms_per_item": 1000.0, "samples_moved": 0},
                           "10 min": {"ms_per_item": 1200.0, "samples_moved": 29},
                           "ratio": 1.2, "ratio_lowest": 1.1, "ratio_highest": 1.3}
@@ -58,7 +60,7 @@ def test_benchmark_reference_and_pipeline_agree_and_the_table_renders(default_pi
     # 150 worker core-ms per request against 100 core-ms per image for the network alone (2 threads, 20/s).
     threads = torch.get_num_threads()
     assert ("| 1080p photos | 10.00 | 20.0 (19.0, 21.0) | 0.50 | 75% / 10% / 5% / 10% | 150 "
-            f"| {1e3 * threads / 20:.0f} |") in table
+            f"| {1e3 * threads / 20:.0f} | 5.8 / 35.6 / 1.4 / 56.2 |") in table
 
 
 def _fake_row(rounds_ms: list[float]) -> dict:
