@@ -3,7 +3,8 @@
 =================  ======================================================================================
 ``build_mar``      build a versioned ``.mar`` (``make mar``; the format is ``deepfake_detector.archive``'s)
 ``golden``         record an archive's golden requests, compare a live server's answers with them
-``torchserve``     one TorchServe: an isolated instance and the one HTTP client for its APIs
+``torchserve``     one TorchServe: an isolated instance, its processes and the one HTTP client for its APIs
+``ports``          free ports for local servers, never the same one twice
 ``server``         start, stop and describe the server of ``make serve``
 ``rollout``        deploy, verify, promote, roll back and retire versions on a live server
 ``compare``        A/B comparison of two versions on a labelled set

@@ -57,6 +57,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import cv2
 import numpy as np
+import psutil
 import torch
 import yaml
 from deepfake_detector.architecture import DeepfakeDetector
@@ -83,14 +84,16 @@ from .loadtest import JobService, run_locust, start_private_jobs, start_private_
 from .packaged import CHELSEA
 from .paths import REPORTS
 from .timing import Timing, interleaved_timings, median_timing, paired_ratio
-from .torchserve import cpu_seconds, server_processes
+from .torchserve import ServerError, cpu_seconds, server_processes
 
 REPORT_DIR = REPORTS / "benchmark"
 MODEL_NAME = DEFAULT_MODEL_NAME
 IMAGE_SIZES = bench_limit.IMAGE_SIZES
-AGAINST_NETWORK_ALONE = ("1080p", FACE_CROP)
-"""The served runs timed against the configured forward alone, right before and after each: 1080p photos (the
-issue's target) and 224 px face crops (what serving adds when there is almost nothing to find or cut)."""
+SERVED_PHOTOS = (*IMAGE_SIZES, FACE_CROP)
+AGAINST_NETWORK_ALONE = {"1080p": "1080p photos", FACE_CROP: "224 px face crops"}
+"""The served runs timed against the configured forward alone, right before and after each, and their labels:
+1080p photos (the issue's target) and 224 px face crops (what serving adds when there is almost nothing to
+find or cut)."""
 REFERENCE_DETECT_SIDE = 640
 SECTIONS = ("network", "pipeline", "served", "coverage", "jobs", "limit")
 
@@ -496,12 +499,15 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
     instance = start_private_server(run_dir, archive)
     results: dict[str, dict[str, Any]] = {}
     try:
-        for size in (*IMAGE_SIZES, FACE_CROP):
+        for size in SERVED_PHOTOS:
             warm_up(instance, MODEL_NAME, None, media.photos_of_size(size)[0].read_bytes(), count=1)
         warm_up(instance, MODEL_NAME, None, media.videos["carphone"].read_bytes(), count=1)
         token = instance.keys()["inference"]
-        roles = server_processes(instance.pid() or 0)  # after the warm-up every worker is up
-        cases = [(size, "ImageUser", {"DFD_IMAGE_SIZES": size}) for size in (*IMAGE_SIZES, FACE_CROP)]
+        leader = instance.pid()
+        if leader is None:
+            raise ServerError(f"the benchmark's TorchServe exited after its warm-up; see {run_dir}/torchserve.out")
+        roles = server_processes(leader)  # after the warm-up every worker is up
+        cases = [(size, "ImageUser", {"DFD_IMAGE_SIZES": size}) for size in SERVED_PHOTOS]
         cases.append(("video", "VideoUser", {"DFD_VIDEOS": "carphone"}))
         for name, user_class, env in cases:
             # A video request holds a dozen frames: half the users still keep a full batch queued for every
@@ -514,9 +520,10 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
             summary = run_locust(instance.inference_url, token, run_dir / "locust" / name, user_class,
                                  max(2, users // 2) if video else users,
                                  f"{2 * _seconds(run_time)}s" if video else run_time, extra_env=env)
+            _wait_until_idle(roles["workers"])  # the last batches Locust stopped waiting for
             used = {f"{role}_s": cpu_seconds(members) - before[role] for role, members in roles.items()}
             cpu = {"wall_s": time.perf_counter() - started, "cpus": available_cpus(),
-                   "load_generator_s": summary.load_generator_cpu_s, **used}
+                   "load_generator_s": summary.load_generator_cpu_s or 0.0, **used}
             results[name] = summary.as_dict() | {"cpu": cpu}
             print(f"  {label} {name:>6}: {summary.line()}", flush=True)
             print(f"  {'':>{len(label) + 7}} cores over the run: " + ", ".join(
@@ -532,13 +539,25 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
     return results
 
 
+def _wait_until_idle(processes: list[psutil.Process], timeout_s: float = 60.0) -> None:
+    """Until the processes use less than a tenth of a core over half a second (or ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    used = cpu_seconds(processes)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = cpu_seconds(processes)
+        if now - used < 0.05:
+            return
+        used = now
+
+
 def bench_worker_stages(weights: Path, settings: PipelineSettings, onnx_file: Path | None, media: LoadMedia,
-                        batch: int, repeats: int) -> dict[str, dict[str, Any]]:
-    """Stage ms per image of ``AGAINST_NETWORK_ALONE``'s inputs in one thread, as each served worker runs them
-    (its own pipeline, built under one thread: decoding, OpenVINO and ONNX Runtime included), in batches of
-    ``batch``, in the same rounds."""
-    threads = torch.get_num_threads()
-    use_cpu_threads(1)
+                        batch: int, repeats: int, threads: int) -> dict[str, dict[str, Any]]:
+    """Stage ms per image of ``AGAINST_NETWORK_ALONE``'s inputs on ``threads`` threads, as each served worker
+    runs them (its own pipeline, built under those threads: decoding, OpenVINO and ONNX Runtime included), in
+    batches of ``batch``, in the same rounds."""
+    torch_threads, opencv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    use_cpu_threads(threads)
     try:
         worker = DetectionPipeline.from_weights(weights, settings, version="bench", onnx_file=onnx_file)
         worker.face_detector.warm_up()
@@ -549,9 +568,10 @@ def bench_worker_stages(weights: Path, settings: PipelineSettings, onnx_file: Pa
             runs[size] = (lambda b=batch_bodies: worker.score_batch(b).stage_seconds, batch)
         timings = interleaved_timings(runs, repeats)
     finally:
-        use_cpu_threads(threads)
+        torch.set_num_threads(torch_threads)
+        cv2.setNumThreads(opencv_threads)
     for size, timing in timings.items():
-        print(f"  one worker's thread, {size:>5}: {timing.ms_per_item:.1f} ms per image {_stages(timing)}",
+        print(f"  one worker, {threads} thread(s), {size:>5}: {timing.ms_per_item:.1f} ms per image {_stages(timing)}",
               flush=True)
     return {size: {"ms_per_image": timing.ms_per_item, "stages_ms": timing.stages_ms}
             for size, timing in timings.items()}
@@ -787,12 +807,12 @@ def markdown(results: Results, command: str) -> str:
 def limit_tables(results: Results) -> list[str]:
     """Part (f): the face search's share of a photo's cost under each search, and the int8 forward."""
     lines: list[str] = []
-    measured = [(name, what) for name, what in (("1080p", "1080p photos"), (FACE_CROP, "224 px face crops"))
+    measured = [(name, what) for name, what in AGAINST_NETWORK_ALONE.items()
                 if results.served.get(name, {}).get("network_alone_img_s")]
     if measured:
         lines += ["", "| served | requests/s | network alone img/s (before, after) | served / network alone "
                   "| cores: workers / frontend / Locust / rest | workers core-ms per request "
-                  "| network alone core-ms per image | one worker's thread: decode / detect / crop / forward ms |",
+                  "| network alone core-ms per image | one worker: decode / detect / crop / forward ms |",
                   "|---|---|---|---|---|---|---|---|"]
     for name, what in measured:
         served = results.served[name]
@@ -802,7 +822,8 @@ def limit_tables(results: Results) -> list[str]:
         per_request = f"{1e3 * cpu['workers_s'] / served['requests']:.0f}" if cpu else "-"
         stages = results.worker_stages.get(name, {}).get("stages_ms")
         one_thread = " / ".join(f"{stages[s]:.1f}" for s in ("decode", "detect", "crop", "forward")) if stages else "-"
-        lines.append(f"| {what} | {rate:.2f} | {alone:.1f} ({around[0]:.1f}, {around[1]:.1f}) | {rate / alone:.2f} "
+        ratio = results.ratios.get(f"served_{name}_over_network_alone", rate / alone)
+        lines.append(f"| {what} | {rate:.2f} | {alone:.1f} ({around[0]:.1f}, {around[1]:.1f}) | {ratio:.2f} "
                      f"| {shares} | {per_request} | {1e3 * results.machine['torch_threads'] / alone:.0f} "
                      f"| {one_thread} |")
     detection = results.detection
@@ -1010,7 +1031,7 @@ def main(argv: list[str] | None = None) -> int:
         results.served = bench_served(archive, args.report_dir / "run", media, users, run_time,
                                       network_alone=network_alone)
         results.worker_stages = bench_worker_stages(weights, settings, onnx_forward.path if onnx_forward else None,
-                                                    media, batch, repeats)
+                                                    media, batch, repeats, served_threads)
         if args.sweep:
             for number, config in enumerate(sweep_configs(args.quick)):
                 serving_overrides = {k: v for k, v in config.items() if k != "forward"}

@@ -156,8 +156,9 @@ def load_rgb(path: Path) -> np.ndarray:
 def recall_media(extra_dir: Path | None = None) -> dict[str, np.ndarray]:
     """The real photos and frames recall is measured on, by name.
 
-    The load-test photos (astronaut and grace_hopper at 480p, 1080p and 4K, the 8-face group photo), every
-    10th carphone frame, every 30th frame of the 720p clip, and, when ``extra_dir`` is given, its images
+    The load-test photos (astronaut and grace_hopper at 480p, 1080p and 4K and as 224 px face crops, the 8-face
+    group photo), every 10th carphone frame, every 30th frame of the 720p clip, and, when ``extra_dir`` is given,
+    its images
     (meant for the portraits in face-recognition 1.3.0's sdist, ``tests/test_images/``; nothing is downloaded
     here). Names: the file name, ``<video>#<frame>`` for frames, ``extra/<file>`` for ``extra_dir``.
     """

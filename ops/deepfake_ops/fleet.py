@@ -42,7 +42,7 @@ from typing import Any
 import requests
 from deepfake_detector.archive import DEFAULT_MODEL_NAME, archive_file_name
 
-from .gateway import Gateway, GatewayError, GatewaySettings, ReplicaRoute, ReplicaState
+from .gateway import GATEWAY_PORT, Gateway, GatewayError, GatewaySettings, ReplicaRoute, ReplicaState
 from .gateway_keys import GatewayKeys
 from .paths import MODEL_STORE
 from .replicas import FLEET_DIR, FleetLayout, LayoutError, ReplicaSpec
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     begin.add_argument("--model", default=DEFAULT_MODEL_NAME)
     begin.add_argument("--version", default="1.0", help="the version a new fleet starts with")
     begin.add_argument("--model-store", type=Path, default=MODEL_STORE)
-    begin.add_argument("--gateway-port", type=int, default=8000)
+    begin.add_argument("--gateway-port", type=int, default=GATEWAY_PORT)
     begin.add_argument("--tls-certificate", help="PEM certificate: the gateway then speaks HTTPS only")
     begin.add_argument("--tls-key", help="its private key (default: in the certificate's file)")
     commands.add_parser("stop", help="stop the keeper, the gateway and every replica")

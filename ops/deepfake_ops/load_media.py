@@ -73,14 +73,15 @@ class LoadMedia:
         return [sizes[size] for sizes in self.photos.values()]
 
     def all_photos(self) -> list[Path]:
-        """Every photo: each face photo at each size, then the group photo."""
+        """Every photo: each face photo at each size and as a face crop, then the group photo."""
         return [*(path for sizes in self.photos.values() for path in sizes.values()), self.group_photo]
 
 
 def write_face_crop(source: Path, target: Path) -> None:
-    """The most confident face of ``source`` cut as the server cuts it (facenet-pytorch's MTCNN at full
-    resolution, the default model's margin and crop filter, its input size)."""
-    import torch
+    """The most confident face of ``source``, cut with the server's own crop code (``face_region`` with the
+    default model's margin, ``crop_and_resize`` with its filter, to its input size) around facenet-pytorch's
+    box at full resolution: close to, not exactly, the crop the server takes from its own search copy."""
+    import torch  # here, not at the top: Locust's processes import this module and need no networks
     from deepfake_detector.config import ModelConfig
     from deepfake_detector.transforms import crop_and_resize, face_region
     from facenet_pytorch import MTCNN

@@ -75,8 +75,9 @@ class LocustSummary:
     p95_ms: float
     p99_ms: float
     csv_prefix: str
-    load_generator_cpu_s: float = float("nan")
-    """CPU seconds (user + system) Locust itself used over the run: on one machine, taken from the server."""
+    load_generator_cpu_s: float | None = None
+    """CPU seconds (user + system) Locust itself used over the run (on one machine, taken from the server);
+    None when read from CSV files alone."""
 
     def line(self) -> str:
         return (f"requests/s {self.steady_requests_per_s:.2f} (whole run {self.requests_per_s:.2f}), "

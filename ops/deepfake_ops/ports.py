@@ -3,10 +3,11 @@
 A port from ``bind(0)`` is a poor choice for a server started later: it lies in the kernel's ephemeral range,
 where any outgoing connection (nginx to a replica, a client to Redis) may take it before the server binds
 it, and two calls may return the same port. :func:`free_port` hands out ports from below that range instead,
-and records each in a machine-wide reservation file (under a lock) with the id of the process that took it,
-so that no two processes are given the same port while the first lives. A reservation ends with its
-process; a port still bound by someone else is skipped. Where that file cannot be written (a container's
-read-only temp folder) the reservations hold within the process only.
+and records each in a reservation file (``/tmp/deepfake-ports-<uid>.json``, under a lock; a fixed path, so
+that processes with their own TMPDIR, such as TorchServe's, share it) with the id of the process that took it,
+so that no two processes of one user are given the same port while the first lives. A reservation ends with
+its process; a port still bound by someone else is skipped. Where that file cannot be written (a container
+without a writable /tmp) the reservations hold within the process only, and a warning says so once.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import json
 import os
 import random
 import socket
-import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,10 @@ EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 DEFAULT_EPHEMERAL_RANGE = (32768, 60999)
 LOWEST_PORT = 20000
 """Below this lie the ports the product's own defaults use (8000-8444, 6390, 7070)."""
-RESERVATIONS = Path(tempfile.gettempdir()) / "deepfake-ports.json"
+
+_IN_THIS_PROCESS: dict[str, int] = {}
+"""Every port this process was given, whichever way: held even where the file once could not be written."""
+_warned_in_process_only = False
 
 
 class NoFreePort(RuntimeError):
@@ -51,27 +55,34 @@ def candidate_ports(ephemeral: tuple[int, int] | None = None) -> range:
                      f"({EPHEMERAL_RANGE_FILE})")
 
 
-_IN_THIS_PROCESS: dict[str, int] = {}
-"""Reservations where the machine-wide file cannot be written (a read-only temp folder)."""
+def reservation_file() -> Path:
+    """Per user: another user's file in sticky /tmp could not be opened (``fs.protected_regular``)."""
+    return Path(f"/tmp/deepfake-ports-{os.getuid()}.json")
 
 
-def free_port(reservations: Path = RESERVATIONS) -> int:
-    """A port that nothing is bound to and that no living process on this machine has been given."""
+def free_port(reservations: Path | None = None) -> int:
+    """A port that nothing is bound to and that no living process of this user has been given."""
     try:
-        with _locked(reservations) as held:
-            return _reserve(held)
-    except OSError:
-        return _reserve(_IN_THIS_PROCESS)
+        with _locked(reservations or reservation_file()) as held:
+            port = _reserve(held | _IN_THIS_PROCESS)
+            held[str(port)] = os.getpid()
+    except OSError as error:
+        global _warned_in_process_only
+        if not _warned_in_process_only:
+            warnings.warn(f"port reservations are held within this process only: {error}", stacklevel=2)
+            _warned_in_process_only = True
+        port = _reserve(_IN_THIS_PROCESS)
+    _IN_THIS_PROCESS[str(port)] = os.getpid()
+    return port
 
 
 def _reserve(held: dict[str, int]) -> int:
-    """The first candidate from a random start that is neither in ``held`` nor bound, added to ``held``."""
+    """The first candidate from a random start that is neither in ``held`` nor bound."""
     candidates = candidate_ports()
     start = random.randrange(len(candidates))
     for step in range(len(candidates)):
         port = candidates[(start + step) % len(candidates)]
         if str(port) not in held and _bindable(port):
-            held[str(port)] = os.getpid()
             return port
     raise NoFreePort(f"all {len(candidates)} ports {candidates[0]}-{candidates[-1]} are reserved or bound")
 
@@ -84,8 +95,10 @@ def _locked(reservations: Path) -> Iterator[dict[str, int]]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             held: dict[str, int] = {}
-            with contextlib.suppress(OSError, ValueError):
-                held = {port: pid for port, pid in json.loads(reservations.read_text()).items() if _alive(pid)}
+            with contextlib.suppress(OSError, ValueError):  # no file yet, or a torn one: start afresh
+                stored = json.loads(reservations.read_text())
+                if isinstance(stored, dict):
+                    held = {port: pid for port, pid in stored.items() if _alive(pid)}
             yield held
             staged = reservations.with_suffix(f".{os.getpid()}.tmp")
             staged.write_text(json.dumps(held))
@@ -95,7 +108,8 @@ def _locked(reservations: Path) -> Iterator[dict[str, int]]:
 
 
 def _alive(pid: object) -> bool:
-    if not isinstance(pid, int):
+    """Whether a reservation's process still runs (0 and negative ids would name process groups)."""
+    if type(pid) is not int or pid <= 0:
         return False
     try:
         os.kill(pid, 0)

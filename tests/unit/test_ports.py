@@ -27,14 +27,17 @@ def test_one_process_never_gets_a_port_twice_nor_one_in_the_ephemeral_range(tmp_
 
 def test_processes_sharing_the_reservations_get_disjoint_ports(tmp_path: Path) -> None:
     reservations = tmp_path / "reservations.json"
-    take = ("import sys, time; from pathlib import Path; from deepfake_ops.ports import free_port; "
-            "print(*(free_port(Path(sys.argv[1])) for _ in range(150))); sys.stdout.flush(); time.sleep(3)")
-    takers = [subprocess.Popen([sys.executable, "-c", take, str(reservations)], stdout=subprocess.PIPE, text=True)
-              for _ in range(3)]
-    taken = [set(map(int, taker.stdout.readline().split())) for taker in takers]  # type: ignore[union-attr]
-    mine = {free_port(reservations) for _ in range(50)}  # while the three still live
-    for taker in takers:
-        taker.wait(timeout=30)
+    # Each taker prints its ports and lives until its stdin closes: its reservations hold until then.
+    take = ("import sys; from pathlib import Path; from deepfake_ops.ports import free_port; "
+            "print(*(free_port(Path(sys.argv[1])) for _ in range(150)), flush=True); sys.stdin.read()")
+    takers = [subprocess.Popen([sys.executable, "-c", take, str(reservations)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        taken = [set(map(int, taker.stdout.readline().split())) for taker in takers]  # type: ignore[union-attr]
+        mine = {free_port(reservations) for _ in range(50)}  # while the three still live
+    finally:
+        for taker in takers:
+            taker.communicate(timeout=30)
     assert [len(ports_of) for ports_of in taken] == [150, 150, 150]
     everyone = [*taken, mine]
     assert sum(map(len, everyone)) == len(set().union(*everyone))
@@ -72,9 +75,12 @@ def test_the_candidates_lie_below_the_ephemeral_range_or_above_it(tmp_path: Path
         candidate_ports((1024, 65000))
 
 
-def test_without_a_writable_reservation_file_ports_are_still_never_given_twice(tmp_path: Path) -> None:
+def test_without_a_writable_reservation_file_ports_are_still_never_given_twice(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ports, "_warned_in_process_only", False)
     not_a_folder = tmp_path / "a-file"  # as unwritable as a read-only temp folder, even for root
     not_a_folder.write_text("")
-    given = [free_port(not_a_folder / "reservations.json") for _ in range(100)]
+    with pytest.warns(UserWarning, match="within this process only"):
+        given = [free_port(not_a_folder / "reservations.json") for _ in range(100)]
     low, high = ephemeral_range()
     assert len(set(given)) == 100 and all(not low <= port <= high for port in given)
