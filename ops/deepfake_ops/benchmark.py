@@ -520,10 +520,11 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
             summary = run_locust(instance.inference_url, token, run_dir / "locust" / name, user_class,
                                  max(2, users // 2) if video else users,
                                  f"{2 * _seconds(run_time)}s" if video else run_time, extra_env=env)
-            _wait_until_idle(roles["workers"])  # the last batches Locust stopped waiting for
             used = {f"{role}_s": cpu_seconds(members) - before[role] for role, members in roles.items()}
             cpu = {"wall_s": time.perf_counter() - started, "cpus": available_cpus(),
                    "load_generator_s": summary.load_generator_cpu_s or 0.0, **used}
+            # Before the next reading: the last batches Locust stopped waiting for, if any, are done.
+            _wait_until_idle(roles["workers"])
             results[name] = summary.as_dict() | {"cpu": cpu}
             print(f"  {label} {name:>6}: {summary.line()}", flush=True)
             print(f"  {'':>{len(label) + 7}} cores over the run: " + ", ".join(
