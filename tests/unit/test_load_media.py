@@ -8,6 +8,7 @@ import json
 import cv2
 import numpy as np
 from deepfake_detector import PipelineSettings
+from deepfake_detector.config import ModelConfig
 from deepfake_detector.media import decode_media
 from deepfake_detector.verdict import verdict_problems
 from deepfake_ops.load_media import FACE_CROP, PHOTO_HEIGHTS
@@ -48,11 +49,16 @@ def test_the_720p_clip_and_the_big_photos_still_show_the_face(load_media, defaul
 
 
 def test_a_face_crop_is_what_the_network_classifies(load_media, default_pipeline):
+    # The crop's side is the face's longer side times (1 + margin): searched again, the face is found centred,
+    # its longer side 224 / (1 + margin) px, within the search's own spread.
+    expected_side = 224 / (1 + ModelConfig().face_margin)
     for path in load_media.photos_of_size(FACE_CROP):
         answer = default_pipeline.score(path.read_bytes())
         assert len(answer.faces) == 1, path
         x1, y1, x2, y2 = answer.faces[0].box
-        assert min(x2 - x1, y2 - y1) > 0.6 * 224, (path, answer.faces[0].box)  # the face fills the crop
+        assert abs(max(x2 - x1, y2 - y1) - expected_side) < 0.15 * expected_side, (path, answer.faces[0].box)
+        centre = ((x1 + x2) / 2, (y1 + y2) / 2)
+        assert all(abs(c - 112) < 0.1 * 224 for c in centre), (path, answer.faces[0].box)
 
 
 def test_the_schema_accepts_real_answers_and_names_what_is_wrong(default_pipeline, media):
