@@ -121,7 +121,11 @@ def test_keys_limits_and_what_a_response_never_shows(live: LiveFleet, client_key
     assert any(r["x_request_id"] == "trace-7f3a-0001" and r["client"] == "load" for r in audit)
     model_log = (live.instance(replica).log_dir / "model_log.log").read_text()
     assert "trace-7f3a-0001" in model_log
-    logged = [r for r in access_log(live) if r["request_id"] == "trace-7f3a-0001"]
+    # nginx logs a request after its answer is sent: the line may land a moment after the client has it.
+    deadline = time.monotonic() + 5
+    while not (logged := [r for r in access_log(live) if r["request_id"] == "trace-7f3a-0001"]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert logged and logged[0]["client"] == "load" and logged[0]["replica"] == replica
     made = live.score(client_key, body)  # no id sent: the gateway makes one
     assert re.fullmatch("[0-9a-f]{32}", made.headers["X-Request-Id"])
